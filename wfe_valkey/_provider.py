@@ -1,0 +1,88 @@
+"""What the three providers share: the connection's life and argument checks."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+from .config import ConnectionSettings
+from .connection import Connection, State
+
+
+class ValkeyProvider:
+    """Owns one multiplexed connection, opened by `new()`.
+
+    `start()` and `stop()` may be called any number of times in any order:
+    `stop()` closes the connection and `start()` opens it again. `close()`
+    is `stop()`, and `async with provider:` closes it on exit.
+    """
+
+    client_name = "wfe-valkey"
+
+    def __init__(self, connection: Connection, prefix: str) -> None:
+        self._connection = connection
+        self.prefix = prefix
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        """The connection settings (the password is hidden from `repr`)."""
+        return self._connection.settings
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} prefix={self.prefix!r} {self._connection!r}>"
+
+    async def start(self) -> None:
+        """Open the connection again if `stop()` closed it; idempotent."""
+        if self._connection.state is State.CLOSED:
+            self._connection = await Connection.open(
+                self._connection.settings, self.client_name, self._scripts()
+            )
+
+    async def stop(self) -> None:
+        """Close the connection; idempotent."""
+        await self._connection.close()
+
+    async def close(self) -> None:
+        """Close the connection; the same as `stop()`."""
+        await self._connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _scripts(self) -> list[tuple[str, str]]:
+        """Scripts to load on every connect, as (SHA1, source) pairs."""
+        return []
+
+
+def check_prefix(prefix: object) -> str:
+    """Return the prefix if it is a non-empty string; raise otherwise."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    if not prefix:
+        raise ValueError("prefix must not be empty")
+    _check_encodable("prefix", prefix)
+    return prefix
+
+
+def reject_id(name: str, value: Any) -> None:
+    """Raise the error that says why `value` is not a valid id."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    _check_encodable(name, value)
+
+
+def _check_encodable(name: str, value: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name} is not encodable as UTF-8: {exc.reason}") from None

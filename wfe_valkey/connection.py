@@ -1,0 +1,592 @@
+"""One multiplexed asyncio connection to a Valkey server.
+
+Goals:
+
+- Any number of concurrent callers share one socket. Every command issued
+  during one event-loop turn is written in one `transport.write`, and
+  replies resolve their callers in the order the commands were written.
+- A caller that is cancelled or times out never shifts replies: its entry
+  stays in the queue of pending replies, and its reply is read and dropped.
+- The connection outlives the socket. When the socket drops, commands
+  already written fail with `ConnectionLostError` (they may or may not have
+  been applied, so they are never sent again), and a background task
+  reconnects with capped, jittered exponential backoff, repeating AUTH,
+  SELECT, CLIENT SETNAME and SCRIPT LOAD. Commands issued meanwhile wait
+  for the new socket, or fail when their timeout ends.
+
+Plan: `_Wire` is the asyncio `Protocol` of one socket; it owns the write
+buffer, the pending replies and the command timeouts. `Connection` owns the
+current wire, opens new ones, and is what the providers call.
+
+Known limits: the command timeout is one value per connection, which keeps
+pending replies in deadline order so one timer serves them all. A command
+rejected with LOADING is sent again until its timeout ends; any other error
+reply goes to its caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final
+
+from .config import ConnectionSettings
+from .errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    LoadingError,
+    ProtocolError,
+    ReadOnlyError,
+    ReplyError,
+    ValkeyConnectionError,
+    ValkeyError,
+    ValkeyTimeoutError,
+)
+from .resp import CommandArg, ReplyParser, encode_command
+
+logger = logging.getLogger(__name__)
+
+# Reconnect backoff: the first retry comes after about BACKOFF_BASE seconds,
+# each later one waits twice as long, up to BACKOFF_CAP, and every wait is
+# scaled by a random factor from 0.5 to 1 so that many hosts do not retry
+# in step after a server restart.
+BACKOFF_BASE: Final = 0.025
+BACKOFF_CAP: Final = 1.0
+
+# A command rejected with LOADING is sent again after this many seconds.
+LOADING_RETRY_DELAY: Final = 0.1
+
+# Once the socket's write buffer holds more than this many bytes (the
+# server is not reading), new commands wait until it drains below
+# WRITE_LOW_WATER. The bound on memory is the high-water mark plus the
+# commands issued in one event-loop turn.
+WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
+WRITE_LOW_WATER: Final = 1024 * 1024
+
+
+class State(enum.Enum):
+    """Where a `Connection` is in its life."""
+
+    CONNECTING = "connecting"
+    READY = "ready"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class _Batch:
+    """Collects the replies of several commands written together."""
+
+    __slots__ = ("future", "replies", "expected")
+
+    def __init__(self, future: asyncio.Future[list[Any]], expected: int) -> None:
+        self.future = future
+        self.replies: list[Any] = []
+        self.expected = expected
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def add(self, reply: Any) -> None:
+        """Store one reply; resolve the future when the last one arrives."""
+        self.replies.append(reply)
+        if len(self.replies) == self.expected and not self.future.done():
+            self.future.set_result(self.replies)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+# One entry per expected reply: who waits for it, when it times out, and
+# the encoded command, kept so a LOADING rejection can send it again.
+_Pending = tuple["asyncio.Future[Any] | _Batch", float, bytes]
+
+
+class _Wire(asyncio.Protocol):
+    """The protocol of one socket: buffered writes and ordered replies."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: ConnectionSettings,
+        on_lost: Callable[[_Wire, str], None],
+    ) -> None:
+        self._loop = loop
+        self._settings = settings
+        self._on_lost = on_lost
+        self._timeout = settings.timeout
+        self._parser = ReplyParser()
+        self._transport: asyncio.Transport | None = None
+        self._pending: deque[_Pending] = deque()
+        self._buffer: list[bytes] = []
+        self._unsent_replies = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = 0
+        self._last_received = loop.time()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._lost_reason: str | None = None
+        self.lost = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_received = self._loop.time()
+        try:
+            replies = self._parser.parse(data)
+        except ProtocolError as exc:
+            self.abort(str(exc))
+            return
+
+        pending = self._pending
+        for reply in replies:
+            if not pending:
+                self.abort("server sent a reply to no command")
+                return
+            waiter, deadline, payload = pending.popleft()
+            if self._timed_out:
+                self._timed_out -= 1
+            if waiter.__class__ is _Batch:
+                waiter.add(reply)  # type: ignore[union-attr]
+            elif waiter.done():
+                continue
+            elif isinstance(reply, ReplyError):
+                self._deliver_error(waiter, deadline, payload, reply)  # type: ignore[arg-type]
+            else:
+                waiter.set_result(reply)  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        reason = self._lost_reason or (str(exc) if exc else "closed by the server")
+        self._fail_pending(reason)
+        self._writable.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._on_lost(self, reason)
+
+    # writing
+
+    @property
+    def writable(self) -> bool:
+        return self._writable.is_set() and not self.lost
+
+    async def wait_writable(self) -> None:
+        """Wait until the socket's write buffer is below its low-water mark."""
+        await self._writable.wait()
+
+    def send(self, payload: bytes) -> asyncio.Future[Any]:
+        """Queue one encoded command; return the future of its reply."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._enqueue(future, payload, 1, None)
+        return future
+
+    def send_batch(self, payloads: Sequence[bytes]) -> asyncio.Future[list[Any]]:
+        """Queue several commands; return the future of all their replies."""
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        batch = _Batch(future, len(payloads))
+        self._enqueue(batch, b"".join(payloads), len(payloads), None)
+        return future
+
+    def _enqueue(
+        self,
+        waiter: asyncio.Future[Any] | _Batch,
+        payload: bytes,
+        replies: int,
+        deadline: float | None,
+    ) -> None:
+        """Put the command in the write buffer and its waiters in line."""
+        timeout = self._timeout
+        if deadline is None:
+            deadline = self._loop.time() + timeout if timeout is not None else 0.0
+        entry = (waiter, deadline, payload)
+        if replies == 1:
+            self._pending.append(entry)
+        else:
+            self._pending.extend([entry] * replies)
+        self._buffer.append(payload)
+        self._unsent_replies += replies
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+        if timeout is not None and self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _flush(self) -> None:
+        """Write everything issued during the last event-loop turn at once."""
+        self._flush_handle = None
+        if self._transport is None or self.lost:
+            return
+        buffer = self._buffer
+        self._buffer = []
+        self._unsent_replies = 0
+        if len(buffer) == 1:
+            self._transport.write(buffer[0])
+        else:
+            self._transport.write(b"".join(buffer))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("wrote %d commands to %s", len(buffer), self._settings.address)
+
+    # replies that need more than a hand-over
+
+    def _deliver_error(
+        self, future: asyncio.Future[Any], deadline: float, payload: bytes, error: ReplyError
+    ) -> None:
+        """Hand an error reply to its caller, or send the command again on LOADING."""
+        if isinstance(error, LoadingError) and (
+            self._timeout is None or self._loop.time() + LOADING_RETRY_DELAY < deadline
+        ):
+            self._loop.call_later(LOADING_RETRY_DELAY, self._resend, future, deadline, payload)
+            return
+        future.set_exception(error)
+        if isinstance(error, ReadOnlyError):
+            self.abort("the server is a read-only replica now")
+
+    def _resend(self, future: asyncio.Future[Any], deadline: float, payload: bytes) -> None:
+        """Send a command again for the same caller, after a LOADING reply."""
+        if future.done():
+            return
+        if self.lost:
+            future.set_exception(
+                ValkeyConnectionError(
+                    f"connection to {self._settings.address} lost while the server was loading"
+                )
+            )
+            return
+        self._enqueue(future, payload, 1, deadline)
+
+    # timeouts
+
+    def _expire(self) -> None:
+        """Fail every command whose deadline has passed; re-arm for the next one."""
+        self._timer = None
+        now = self._loop.time()
+        expired_any = False
+        index = self._timed_out
+        pending = self._pending
+        while index < len(pending):
+            waiter, deadline, _ = pending[index]
+            if deadline > now:
+                break
+            if not waiter.done():
+                waiter.set_exception(
+                    ValkeyTimeoutError(
+                        f"no reply from {self._settings.address} within {self._timeout} s"
+                    )
+                )
+                expired_any = True
+            index += 1
+        self._timed_out = index
+
+        if expired_any and now - self._last_received >= (self._timeout or 0.0):
+            self.abort(f"no reply for {self._timeout} s")
+            return
+        if index < len(pending):
+            self._timer = self._loop.call_at(pending[index][1], self._expire)
+
+    # closing
+
+    def abort(self, reason: str) -> None:
+        """Drop the socket at once; pending commands fail with `reason`."""
+        if self._lost_reason is None:
+            self._lost_reason = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+    def flush_now(self) -> None:
+        """Write the buffered commands without waiting for the turn to end."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
+
+    def close(self) -> None:
+        """Close the socket once the write buffer is sent; stop reading."""
+        self.flush_now()
+        self._lost_reason = self._lost_reason or "connection closed by the client"
+        if self._transport is not None:
+            self._transport.close()
+
+    @property
+    def pending_count(self) -> int:
+        """How many replies this socket still expects."""
+        return len(self._pending)
+
+    def _fail_pending(self, reason: str) -> None:
+        """Fail every waiting caller: written commands and unsent ones differ."""
+        address = self._settings.address
+        unsent = self._unsent_replies
+        written = len(self._pending) - unsent
+        for position, (waiter, _, _) in enumerate(self._pending):
+            if waiter.done():
+                continue
+            if position < written:
+                waiter.set_exception(
+                    ConnectionLostError(
+                        f"connection to {address} lost ({reason}) after the command was "
+                        "written; it may or may not have been applied"
+                    )
+                )
+            else:
+                waiter.set_exception(
+                    ValkeyConnectionError(
+                        f"connection to {address} lost ({reason}); the command was not sent"
+                    )
+                )
+        self._pending.clear()
+        self._buffer.clear()
+        self._unsent_replies = 0
+
+
+class Connection:
+    """A multiplexed connection that reconnects by itself.
+
+    `execute` and `execute_many` may be called by any number of concurrent
+    tasks. Open one with `await Connection.open(settings)`; close it with
+    `await connection.close()`.
+    """
+
+    def __init__(self, settings: ConnectionSettings, client_name: str) -> None:
+        self.settings = settings
+        self._client_name = settings.client_name or client_name
+        self._loop = asyncio.get_running_loop()
+        self._wire: _Wire | None = None
+        self._ready = asyncio.Event()
+        self._scripts: dict[str, str] = {}
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self.state = State.CONNECTING
+
+    @classmethod
+    async def open(
+        cls,
+        settings: ConnectionSettings,
+        client_name: str = "wfe-valkey",
+        scripts: Iterable[tuple[str, str]] = (),
+    ) -> Connection:
+        """Connect, authenticate and load `scripts` (pairs of SHA1 and source).
+
+        Raises `ValkeyConnectionError`, `ValkeyTimeoutError` or
+        `AuthenticationError` when the first connect fails; later drops are
+        repaired in the background.
+        """
+        connection = cls(settings, client_name)
+        connection._scripts.update(scripts)
+        await connection._connect_once()
+        logger.info("connected to %s as %s", settings.address, connection._client_name)
+        return connection
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.settings.address} {self.state.value}>"
+
+    # commands
+
+    def execute(self, *args: CommandArg) -> Awaitable[Any]:
+        """Send one command; the awaitable gives its reply or raises its error.
+
+        Raises `ValueError` at once, before anything is sent, when an
+        argument cannot be encoded.
+        """
+        payload = encode_command(args)
+        wire = self._wire
+        if wire is not None and self.state is State.READY and wire.writable:
+            return wire.send(payload)
+        return self._send_when_ready([payload], single=True)
+
+    def execute_many(self, commands: Sequence[tuple[CommandArg, ...]]) -> Awaitable[list[Any]]:
+        """Send several commands in one write; the awaitable gives all replies.
+
+        Error replies are returned in the list as `ReplyError` instances,
+        in the position of their command, not raised.
+        """
+        payloads = [encode_command(args) for args in commands]
+        wire = self._wire
+        if wire is not None and self.state is State.READY and wire.writable:
+            return wire.send_batch(payloads)
+        return self._send_when_ready(payloads, single=False)
+
+    async def _send_when_ready(self, payloads: list[bytes], single: bool) -> Any:
+        """Wait for a usable socket, within the command timeout, then send."""
+        timeout = self.settings.timeout
+        deadline = None if timeout is None else self._loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    if self.state is State.CLOSED:
+                        raise ValkeyConnectionError(
+                            f"connection to {self.settings.address} is closed"
+                        )
+                    wire = self._wire
+                    if wire is not None and self.state is State.READY:
+                        if wire.writable:
+                            break
+                        await wire.wait_writable()
+                    else:
+                        await self._ready.wait()
+        except TimeoutError:
+            raise ValkeyTimeoutError(
+                f"{self.settings.address} not reachable or not reading within {timeout} s"
+            ) from None
+        if single:
+            return await wire.send(payloads[0])
+        return await wire.send_batch(payloads)
+
+    def register_script(self, sha: str, source: str) -> None:
+        """Load `source` on every future connect, and now if connected."""
+        self._scripts[sha] = source
+
+    # connecting
+
+    async def _connect_once(self) -> None:
+        """Open a socket, run the handshake and make it the current wire."""
+        wire = await self._open_wire()
+        try:
+            await self._handshake(wire)
+        except BaseException:
+            wire.abort("handshake failed")
+            raise
+        self._wire = wire
+        self.state = State.READY
+        self._ready.set()
+
+    async def _open_wire(self) -> _Wire:
+        """Open the socket (TCP, TLS or Unix) within the connect timeout."""
+        settings = self.settings
+
+        def factory() -> _Wire:
+            return _Wire(self._loop, settings, self._on_wire_lost)
+
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                if settings.unix_path is not None:
+                    _, wire = await self._loop.create_unix_connection(factory, settings.unix_path)
+                else:
+                    ssl_context = settings.tls.create_context() if settings.tls else None
+                    _, wire = await self._loop.create_connection(
+                        factory, settings.host, settings.port, ssl=ssl_context
+                    )
+        except TimeoutError:
+            raise ValkeyTimeoutError(
+                f"connect to {settings.address} timed out after {settings.connect_timeout} s"
+            ) from None
+        except OSError as exc:
+            raise ValkeyConnectionError(
+                f"cannot connect to {settings.address}: {exc.strerror or exc}"
+            ) from None
+        return wire
+
+    async def _handshake(self, wire: _Wire) -> None:
+        """Authenticate, select the database, name the client, load scripts."""
+        settings = self.settings
+        commands: list[tuple[CommandArg, ...]] = []
+        if settings.password is not None:
+            if settings.username is not None:
+                commands.append(("AUTH", settings.username, settings.password))
+            else:
+                commands.append(("AUTH", settings.password))
+        if settings.db:
+            commands.append(("SELECT", settings.db))
+        commands.append(("CLIENT", "SETNAME", self._client_name))
+        commands.extend(("SCRIPT", "LOAD", source) for source in self._scripts.values())
+
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                replies = await wire.send_batch([encode_command(c) for c in commands])
+        except TimeoutError:
+            raise ValkeyTimeoutError(
+                f"handshake with {settings.address} timed out after {settings.connect_timeout} s"
+            ) from None
+        for command, reply in zip(commands, replies):
+            if isinstance(reply, ReplyError):
+                raise self._handshake_error(command, reply)
+
+    def _handshake_error(self, command: tuple[CommandArg, ...], reply: ReplyError) -> ValkeyError:
+        """Describe a failed handshake step without revealing the password."""
+        address = self.settings.address
+        if command[0] == "AUTH" or isinstance(reply, AuthenticationError):
+            user = self.settings.username or "default"
+            return AuthenticationError(
+                f"authentication as user {user!r} failed at {address}: {reply}"
+            )
+        return type(reply)(f"{command[0]} {command[1]} failed at {address}: {reply}")
+
+    def _on_wire_lost(self, wire: _Wire, reason: str) -> None:
+        """Start reconnecting when the current socket drops."""
+        if wire is not self._wire or self.state is State.CLOSED:
+            return
+        logger.warning("connection to %s lost: %s", self.settings.address, reason)
+        self.state = State.RECONNECTING
+        self._ready.clear()
+        self._reconnect_task = self._loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Connect again with capped, jittered exponential backoff."""
+        attempt = 0
+        while self.state is State.RECONNECTING:
+            try:
+                await self._connect_once()
+            except (ValkeyError, OSError) as exc:
+                attempt += 1
+                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+                logger.debug(
+                    "reconnect attempt %d to %s failed (%s); next in %.3f s",
+                    attempt,
+                    self.settings.address,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            logger.info(
+                "reconnected to %s after %d failed attempts", self.settings.address, attempt
+            )
+            return
+
+    # closing
+
+    async def close(self) -> None:
+        """Close the connection; waits up to the timeout for pending replies.
+
+        Idempotent. Commands issued after this raise `ValkeyConnectionError`.
+        """
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self._ready.set()
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        wire = self._wire
+        if wire is None:
+            return
+        wire.flush_now()
+        await self._wait_for_replies(wire)
+        wire.close()
+        while not wire.lost:
+            await asyncio.sleep(0.001)
+        logger.info("closed connection to %s", self.settings.address)
+
+    async def _wait_for_replies(self, wire: _Wire) -> None:
+        """Wait until every written command has its reply, up to the timeout."""
+        timeout = self.settings.timeout
+        deadline = self._loop.time() + (timeout if timeout is not None else 5.0)
+        while wire.pending_count and not wire.lost:
+            if self._loop.time() >= deadline:
+                wire.abort("close timed out waiting for replies")
+                return
+            await asyncio.sleep(0.002)

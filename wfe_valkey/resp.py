@@ -1,0 +1,115 @@
+"""RESP encoding and decoding, with no I/O.
+
+The connection feeds the bytes it receives into `ReplyParser` and takes out
+decoded replies; commands become bytes through `encode_command`. Error
+replies come out as exception instances (not raised), chosen by the error's
+first word, so that the caller of each command decides what to do with its
+own error.
+
+The protocol spoken is RESP2: every server since Redis 2 speaks it, and the
+providers need no RESP3 type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import hiredis
+
+from .errors import (
+    AuthenticationError,
+    BusyError,
+    LoadingError,
+    NoScriptError,
+    ProtocolError,
+    ReadOnlyError,
+    ReplyError,
+    WrongTypeError,
+)
+
+CommandArg = str | bytes | int | float
+
+ERROR_CLASSES: Final[dict[str, type[ReplyError]]] = {
+    "NOSCRIPT": NoScriptError,
+    "WRONGTYPE": WrongTypeError,
+    "NOAUTH": AuthenticationError,
+    "WRONGPASS": AuthenticationError,
+    "NOPERM": AuthenticationError,
+    "LOADING": LoadingError,
+    "READONLY": ReadOnlyError,
+    "BUSY": BusyError,
+}
+
+
+def encode_command(args: tuple[CommandArg, ...]) -> bytes:
+    """Encode one command as a RESP array of bulk strings.
+
+    Strings are encoded as UTF-8. Raises `ValueError` when a string cannot
+    be encoded (a lone surrogate), before anything is sent.
+    """
+    try:
+        return hiredis.pack_command(args)
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"command argument is not encodable as UTF-8: {exc.reason}"
+        ) from None
+
+
+def error_from_reply(message: str) -> ReplyError:
+    """Return the typed exception for an error reply's message."""
+    code = message.split(" ", 1)[0]
+    return ERROR_CLASSES.get(code, ReplyError)(message)
+
+
+class _RawError(Exception):
+    """An error reply as hiredis builds it, before it gets its type."""
+
+
+NOT_ENOUGH_DATA: Final = object()
+
+
+class ReplyParser:
+    """Turn received bytes into replies.
+
+    `parse` takes the bytes as they arrive and returns the complete
+    replies. Bulk strings come out as `bytes`, integers as `int`,
+    nil as `None`, arrays as `list`, and error replies as `ReplyError`
+    instances (also inside arrays).
+    """
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(
+            replyError=_RawError, notEnoughData=NOT_ENOUGH_DATA
+        )
+
+    def parse(self, data: bytes) -> list[Any]:
+        """Feed received bytes; return every reply they complete, in order.
+
+        Raises `ProtocolError` when the bytes are not valid RESP; the
+        connection cannot be used after that.
+        """
+        reader = self._reader
+        reader.feed(data)
+        replies = []
+        try:
+            reply = reader.gets()
+            while reply is not NOT_ENOUGH_DATA:
+                if reply.__class__ is _RawError:
+                    reply = error_from_reply(str(reply))
+                elif reply.__class__ is list:
+                    reply = _type_nested_errors(reply)
+                replies.append(reply)
+                reply = reader.gets()
+        except hiredis.ProtocolError as exc:
+            raise ProtocolError(f"invalid RESP from server: {exc}") from None
+        return replies
+
+
+def _type_nested_errors(items: list[Any]) -> list[Any]:
+    """Replace raw error replies inside an array by typed exceptions."""
+    for index, item in enumerate(items):
+        if item.__class__ is _RawError:
+            items[index] = error_from_reply(str(item))
+        elif item.__class__ is list:
+            _type_nested_errors(item)
+    return items
