@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
-from .config import ConnectionSettings
+from .config import ConnectionSettings, parse_url
 from .connection import Connection, State
 
 
@@ -60,6 +61,17 @@ class ValkeyProvider:
     def _scripts(self) -> list[tuple[str, str]]:
         """Scripts to load on every connect, as (SHA1, source) pairs."""
         return []
+
+
+async def open_connection(
+    url: str,
+    options: dict[str, Any],
+    client_name: str,
+    scripts: Iterable[tuple[str, str]] = (),
+) -> Connection:
+    """Parse `url` with keyword `options` and open the connection it names."""
+    settings = parse_url(url, **options)
+    return await Connection.open(settings, client_name, scripts)
 
 
 def check_prefix(prefix: object) -> str:

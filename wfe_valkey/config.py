@@ -52,9 +52,7 @@ class TLSSettings:
     def create_context(self) -> ssl.SSLContext:
         """Build the client-side SSL context these settings describe."""
         context = ssl.create_default_context(cafile=self.ca_certs)
-        context.check_hostname = (
-            self.check_hostname and self.cert_reqs != ssl.CERT_NONE
-        )
+        context.check_hostname = self.check_hostname and self.cert_reqs != ssl.CERT_NONE
         context.verify_mode = self.cert_reqs
         if self.certfile is not None:
             context.load_cert_chain(self.certfile, self.keyfile)
@@ -240,9 +238,7 @@ def _build_tls(options: dict[str, Any]) -> TLSSettings | None:
         ca_certs=options.get("ssl_ca_certs"),
         certfile=options.get("ssl_certfile"),
         keyfile=options.get("ssl_keyfile"),
-        check_hostname=_parse_bool(
-            "ssl_check_hostname", options.get("ssl_check_hostname", True)
-        ),
+        check_hostname=_parse_bool("ssl_check_hostname", options.get("ssl_check_hostname", True)),
     )
 
 
@@ -251,7 +247,7 @@ def _parse_db(value: object) -> int:
     if isinstance(value, bool):
         raise InvalidURLError(f"invalid database number {value!r}")
     try:
-        db = int(value)  # type: ignore[call-overload]
+        db = int(str(value))
     except (TypeError, ValueError):
         raise InvalidURLError(
             f"invalid database number {value!r}; expected an integer of 0 or more"

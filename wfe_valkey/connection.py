@@ -81,7 +81,7 @@ class State(enum.Enum):
 class _Batch:
     """Collects the replies of several commands written together."""
 
-    __slots__ = ("future", "replies", "expected")
+    __slots__ = ("expected", "future", "replies")
 
     def __init__(self, future: asyncio.Future[list[Any]], expected: int) -> None:
         self.future = future
@@ -161,7 +161,7 @@ class _Wire(asyncio.Protocol):
             if self._timed_out:
                 self._timed_out -= 1
             if waiter.__class__ is _Batch:
-                waiter.add(reply)  # type: ignore[union-attr]
+                waiter.add(reply)
             elif waiter.done():
                 continue
             elif isinstance(reply, ReplyError):
@@ -465,9 +465,17 @@ class Connection:
         self.state = State.READY
         self._ready.set()
 
+    async def _resolve_target(self) -> ConnectionSettings:
+        """Return the settings of the server to connect to now.
+
+        A plain connection always goes to its configured address; a subclass
+        may ask a discovery service (Sentinel) first.
+        """
+        return self.settings
+
     async def _open_wire(self) -> _Wire:
         """Open the socket (TCP, TLS or Unix) within the connect timeout."""
-        settings = self.settings
+        settings = await self._resolve_target()
 
         def factory() -> _Wire:
             return _Wire(self._loop, settings, self._on_wire_lost)
@@ -512,7 +520,7 @@ class Connection:
             raise ValkeyTimeoutError(
                 f"handshake with {settings.address} timed out after {settings.connect_timeout} s"
             ) from None
-        for command, reply in zip(commands, replies):
+        for command, reply in zip(commands, replies, strict=True):
             if isinstance(reply, ReplyError):
                 raise self._handshake_error(command, reply)
 
@@ -524,7 +532,7 @@ class Connection:
             return AuthenticationError(
                 f"authentication as user {user!r} failed at {address}: {reply}"
             )
-        return type(reply)(f"{command[0]} {command[1]} failed at {address}: {reply}")
+        return type(reply)(f"{command[0]!s} {command[1]!s} failed at {address}: {reply}")
 
     def _on_wire_lost(self, wire: _Wire, reason: str) -> None:
         """Start reconnecting when the current socket drops."""

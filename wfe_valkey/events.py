@@ -17,14 +17,14 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring
 from typing import Any, ClassVar, Final
 
 NANOS_PER_SECOND: Final = 1_000_000_000
 MAX_U32: Final = 4_294_967_295
 MAX_U64: Final = 18_446_744_073_709_551_615
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class InvalidEventError(ValueError):
@@ -221,8 +221,7 @@ def _field(document: dict[str, Any], name: str, kind: type) -> Any:
     value = document[name]
     if kind is not object and (not isinstance(value, kind) or isinstance(value, bool)):
         raise InvalidEventError(
-            f"lifecycle event field {name!r} must be a {kind.__name__}, "
-            f"got {type(value).__name__}"
+            f"lifecycle event field {name!r} must be a {kind.__name__}, got {type(value).__name__}"
         )
     return value
 
@@ -235,20 +234,17 @@ def _parse_event_type(value: Any) -> LifecycleEventType:
         raise InvalidEventError(f"unknown event_type {value!r}")
     if not isinstance(value, dict) or len(value) != 1:
         raise InvalidEventError(
-            "event_type must be a variant name or an object with one key, "
-            f"got {_dump(value)[:80]}"
+            f"event_type must be a variant name or an object with one key, got {_dump(value)[:80]}"
         )
 
-    (tag, body), = value.items()
+    ((tag, body),) = value.items()
     if not isinstance(body, dict):
         raise InvalidEventError(f"event_type {tag!r} must hold an object")
     if tag == "Error":
         return Error(message=_field(body, "message", str))
     if tag in ("StepStarted", "StepCompleted"):
         step_class = StepStarted if tag == "StepStarted" else StepCompleted
-        return step_class(
-            step_id=_field(body, "step_id", int), step_name=body.get("step_name")
-        )
+        return step_class(step_id=_field(body, "step_id", int), step_name=body.get("step_name"))
     raise InvalidEventError(f"unknown event_type {tag!r}")
 
 
@@ -312,8 +308,13 @@ def parse_timestamp(text: str) -> int:
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
         moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
-            tzinfo=timezone.utc,
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=UTC,
         )
     except ValueError as exc:
         raise InvalidEventError(f"event_time_utc {text!r} is not a valid time: {exc}") from None

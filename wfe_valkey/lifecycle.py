@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from .config import parse_url
+from ._provider import ValkeyProvider, check_prefix, open_connection
 from .connection import Connection
 from .errors import ReplyError
 from .events import LifecycleEvent
-from ._provider import ValkeyProvider, check_prefix
 
 
 class ValkeyLifecyclePublisher(ValkeyProvider):
@@ -32,8 +31,7 @@ class ValkeyLifecyclePublisher(ValkeyProvider):
         `options` are connection options, as for `ValkeyLockProvider.new`.
         """
         prefix = check_prefix(prefix)
-        settings = parse_url(url, **options)
-        connection = await Connection.open(settings, cls.client_name)
+        connection = await open_connection(url, options, cls.client_name)
         return cls(connection, prefix)
 
     def channel(self, workflow_instance_id: str) -> str:

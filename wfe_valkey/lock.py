@@ -14,10 +14,9 @@ import uuid
 from datetime import timedelta
 from typing import Any, Final, Self
 
-from .config import parse_url
+from ._provider import ValkeyProvider, check_prefix, open_connection, reject_id
 from .connection import Connection
 from .errors import NoScriptError
-from ._provider import ValkeyProvider, check_prefix, reject_id
 
 DEFAULT_LOCK_DURATION: Final = timedelta(seconds=30)
 
@@ -48,9 +47,8 @@ class ValkeyLockProvider(ValkeyProvider):
         they override the URL's query options.
         """
         prefix = check_prefix(prefix)
-        settings = parse_url(url, **options)
         scripts = [(RELEASE_SHA, RELEASE_SCRIPT)]
-        connection = await Connection.open(settings, cls.client_name, scripts)
+        connection = await open_connection(url, options, cls.client_name, scripts)
         return cls(connection, prefix)
 
     def with_lock_duration(self, duration: timedelta | float) -> Self:

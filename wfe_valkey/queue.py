@@ -6,12 +6,12 @@ Ids go in with `LPUSH` and come out with `RPOP`, so the oldest comes first.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Self
 
-from .config import parse_url
+from ._provider import ValkeyProvider, check_prefix, open_connection, reject_id
 from .connection import Connection
 from .contracts import QueueType
-from ._provider import ValkeyProvider, check_prefix, reject_id
 
 
 class ValkeyQueueProvider(ValkeyProvider):
@@ -30,8 +30,7 @@ class ValkeyQueueProvider(ValkeyProvider):
         `options` are connection options, as for `ValkeyLockProvider.new`.
         """
         prefix = check_prefix(prefix)
-        settings = parse_url(url, **options)
-        connection = await Connection.open(settings, cls.client_name)
+        connection = await open_connection(url, options, cls.client_name)
         return cls(connection, prefix)
 
     def queue_key(self, queue_type: QueueType) -> str:
@@ -51,6 +50,31 @@ class ValkeyQueueProvider(ValkeyProvider):
         """Take the oldest id of the queue, or `None` at once when it is empty."""
         reply = await self._connection.execute("RPOP", self.queue_key(queue_type))
         return None if reply is None else reply.decode()
+
+    async def queue_work_many(self, ids: Sequence[str], queue_type: QueueType) -> None:
+        """Append several ids in one `LPUSH`; they come out in the order given.
+
+        Every id is checked before anything is sent, so a bad id queues none.
+        """
+        key = self.queue_key(queue_type)
+        if isinstance(ids, (str, bytes)):
+            raise TypeError("ids must be a sequence of str, not a single string")
+        for id in ids:
+            if id.__class__ is not str or not id:
+                reject_id("each id", id)
+        if not ids:
+            return
+        await self._connection.execute("LPUSH", key, *ids)
+
+    async def dequeue_work_many(self, queue_type: QueueType, count: int) -> list[str]:
+        """Take up to `count` of the oldest ids, oldest first; `[]` when empty."""
+        key = self.queue_key(queue_type)
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise TypeError(f"count must be an int, got {type(count).__name__}")
+        if count < 1:
+            raise ValueError(f"count must be 1 or more, got {count}")
+        reply = await self._connection.execute("RPOP", key, count)
+        return [] if reply is None else [item.decode() for item in reply]
 
     def is_dequeue_blocking(self) -> bool:
         """`False`: `dequeue_work` returns at once, and hosts poll."""

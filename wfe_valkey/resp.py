@@ -48,11 +48,10 @@ def encode_command(args: tuple[CommandArg, ...]) -> bytes:
     be encoded (a lone surrogate), before anything is sent.
     """
     try:
-        return hiredis.pack_command(args)
+        payload: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+        return payload
     except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"command argument is not encodable as UTF-8: {exc.reason}"
-        ) from None
+        raise ValueError(f"command argument is not encodable as UTF-8: {exc.reason}") from None
 
 
 def error_from_reply(message: str) -> ReplyError:
@@ -78,9 +77,7 @@ class ReplyParser:
     """
 
     def __init__(self) -> None:
-        self._reader = hiredis.Reader(
-            replyError=_RawError, notEnoughData=NOT_ENOUGH_DATA
-        )
+        self._reader = hiredis.Reader(replyError=_RawError, notEnoughData=NOT_ENOUGH_DATA)
 
     def parse(self, data: bytes) -> list[Any]:
         """Feed received bytes; return every reply they complete, in order.
