@@ -221,7 +221,8 @@ def _field(document: dict[str, Any], name: str, kind: type) -> Any:
     value = document[name]
     if kind is not object and (not isinstance(value, kind) or isinstance(value, bool)):
         raise InvalidEventError(
-            f"lifecycle event field {name!r} must be a {kind.__name__}, got {type(value).__name__}"
+            f"lifecycle event field {name!r} must be a JSON {JSON_NAMES[kind]}, "
+            f"got {_dump(value)[:40]}"
         )
     return value
 
