@@ -25,6 +25,7 @@ NANOS_PER_SECOND: Final = 1_000_000_000
 MAX_U32: Final = 4_294_967_295
 MAX_U64: Final = 18_446_744_073_709_551_615
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+JSON_NAMES: Final[dict[type, str]] = {str: "string", int: "integer"}
 
 
 class InvalidEventError(ValueError):
