@@ -1,7 +1,7 @@
 """The demo: several simulated WFE hosts share work through one Valkey.
 
 Each host has its own three providers and several workers. A producer
-queues every workflow id, and some of them a second time, as WFE does when
+queues every workflow id, and some of them twice in a row, as WFE does when
 an event arrives for a workflow that is already queued. A worker dequeues an
 id, takes the workflow's lock, runs the workflow's next step (publishing
 Started, StepStarted, StepCompleted and Completed events), queues the id
@@ -38,7 +38,7 @@ from .events import (
 from .lifecycle import ValkeyLifecyclePublisher
 from .lock import ValkeyLockProvider
 from .queue import ValkeyQueueProvider
-from .subscriber import ValkeyLifecycleSubscriber
+from .subscriber import LifecycleSubscription, ValkeyLifecycleSubscriber
 
 WORKERS_PER_HOST = 8
 DUPLICATE_EVERY = 10
@@ -140,9 +140,9 @@ async def _run_on(url: str, options: DemoOptions, where: str) -> int:
 
     hosts = [await _open_host(f"host-{n}", url, prefix) for n in range(options.hosts)]
     subscriber = await ValkeyLifecycleSubscriber.new(url, prefix)
+    subscription = await subscriber.subscribe()
     received: list[int] = [0]
-    listener = asyncio.create_task(_count_events(subscriber, received))
-    await subscriber.wait_subscribed()
+    listener = asyncio.create_task(_count_events(subscription, received))
 
     try:
         duplicates = await _queue_all(hosts[0].queues, ids)
@@ -175,11 +175,18 @@ async def _open_host(name: str, url: str, prefix: str) -> Host:
 
 
 async def _queue_all(queues: ValkeyQueueProvider, ids: list[str]) -> int:
-    """Queue every id, and every tenth one twice; return the duplicates."""
-    await asyncio.gather(*(queues.queue_work(id, QueueType.WORKFLOW) for id in ids))
-    duplicates = ids[::DUPLICATE_EVERY]
-    await asyncio.gather(*(queues.queue_work(id, QueueType.WORKFLOW) for id in duplicates))
-    return len(duplicates)
+    """Queue every id, and every tenth one twice in a row; return the duplicates.
+
+    A duplicate right behind its original is likely to be dequeued by another
+    worker while the first still holds the workflow's lock.
+    """
+    entries: list[str] = []
+    for index, id in enumerate(ids):
+        entries.append(id)
+        if index % DUPLICATE_EVERY == 0:
+            entries.append(id)
+    await queues.queue_work_many(entries, QueueType.WORKFLOW)
+    return len(entries) - len(ids)
 
 
 async def _run_hosts(hosts: list[Host], ledger: Ledger, options: DemoOptions) -> None:
@@ -268,8 +275,8 @@ async def _publish(host: Host, ledger: Ledger, id: str, event_type: LifecycleEve
     ledger.provider_calls += 1
 
 
-async def _count_events(subscriber: ValkeyLifecycleSubscriber, received: list[int]) -> None:
-    async for _ in subscriber.events():
+async def _count_events(subscription: LifecycleSubscription, received: list[int]) -> None:
+    async for _ in subscription:
         received[0] += 1
 
 
