@@ -9,9 +9,9 @@ again while steps remain, and releases the lock. A host that cannot get the
 lock puts the id back. A subscriber counts the events on the all-workflows
 channel.
 
-The demo then checks three things and exits non-zero when one fails: every
-workflow ran each step exactly once and completed once, no two workers were
-ever inside one workflow's lock at the same time, and every published
+The demo then runs three checks and exits non-zero when one fails. Every
+workflow ran each step exactly once and completed once. No two workers
+were ever inside one workflow's lock at the same time. Every published
 event was received.
 """
 
@@ -49,7 +49,7 @@ EVENT_WAIT_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """What the demo runs: server, size and output."""
+    """Settings of one demo run: server, size and output."""
 
     url: str | None = None
     prefix: str | None = None
@@ -61,7 +61,7 @@ class DemoOptions:
 
 @dataclass
 class Ledger:
-    """What the simulated hosts did, recorded in-process to check afterwards.
+    """Record of the simulated hosts' work, kept in-process for the checks.
 
     `next_step` plays the role of WFE's persistence: the workflow's state,
     read and written only while holding its lock.
@@ -122,7 +122,7 @@ def _check_options(options: DemoOptions) -> None:
 
 
 def _shown(url: str) -> str:
-    """The URL without its password, for printing."""
+    """Return the server address of `url`, without credentials, for printing."""
     from .config import parse_url
 
     return parse_url(url).address
