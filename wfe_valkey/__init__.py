@@ -26,6 +26,7 @@ from .events import InvalidEventError, LifecycleEvent, LifecycleEventType
 from .lifecycle import ValkeyLifecyclePublisher
 from .lock import ValkeyLockProvider
 from .queue import ValkeyQueueProvider
+from .subscriber import LifecycleSubscription, ValkeyLifecycleSubscriber
 
 __all__ = [
     "AuthenticationError",
@@ -38,6 +39,7 @@ __all__ = [
     "LifecycleEvent",
     "LifecycleEventType",
     "LifecyclePublisher",
+    "LifecycleSubscription",
     "LoadingError",
     "NoScriptError",
     "ProtocolError",
@@ -49,6 +51,7 @@ __all__ = [
     "ValkeyConnectionError",
     "ValkeyError",
     "ValkeyLifecyclePublisher",
+    "ValkeyLifecycleSubscriber",
     "ValkeyLockProvider",
     "ValkeyQueueProvider",
     "ValkeyTimeoutError",
