@@ -7,15 +7,19 @@ restart a server use `private_server`, which always starts its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import valkey
 
 from wfe_valkey import ValkeyLifecyclePublisher, ValkeyLockProvider, ValkeyQueueProvider
 from wfe_valkey.embedded import EmbeddedValkey
+
+from proxy import DelayingProxy
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +73,67 @@ async def publisher(server_url: str, prefix: str) -> AsyncIterator[ValkeyLifecyc
     provider = await ValkeyLifecyclePublisher.new(server_url, prefix)
     yield provider
     await provider.close()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., EmbeddedValkey]]:
+    """Start private servers with extra command-line arguments; all stop after the test."""
+    started: list[EmbeddedValkey] = []
+
+    def start(*extra_args: str, binary: str | None = None) -> EmbeddedValkey:
+        server = EmbeddedValkey(binary=binary, extra_args=extra_args)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def freeze() -> Iterator[Callable[[EmbeddedValkey], contextlib.AbstractContextManager[int]]]:
+    """Freeze a server process with SIGSTOP for a `with` block; SIGCONT on exit.
+
+    A frozen server still completes TCP handshakes (the kernel does that)
+    but reads and answers nothing, like a hung host. Every frozen server is
+    resumed at teardown too, so a failed test leaves none stopped.
+    """
+    frozen: list[int] = []
+
+    @contextlib.contextmanager
+    def frozen_server(server: EmbeddedValkey) -> Iterator[int]:
+        process = server._process
+        assert process is not None and process.poll() is None, "server is not running"
+        os.kill(process.pid, signal.SIGSTOP)
+        frozen.append(process.pid)
+        try:
+            yield process.pid
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+
+    yield frozen_server
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[DelayingProxy]]]:
+    """Start delaying TCP proxies in front of servers; all close after the test."""
+    proxies: list[DelayingProxy] = []
+
+    async def start(
+        target_port: int,
+        max_delay: float = 0.0,
+        seed: int | None = None,
+        reply_delay: float | None = None,
+    ) -> DelayingProxy:
+        proxy = DelayingProxy(target_port, max_delay=max_delay, seed=seed, reply_delay=reply_delay)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        await proxy.close()
