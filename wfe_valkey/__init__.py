@@ -24,7 +24,7 @@ from .errors import (
 )
 from .events import InvalidEventError, LifecycleEvent, LifecycleEventType
 from .lifecycle import ValkeyLifecyclePublisher
-from .lock import ValkeyLockProvider
+from .lock import LockLease, LockNotAcquired, ValkeyLockProvider
 from .queue import ValkeyQueueProvider
 from .subscriber import LifecycleSubscription, ValkeyLifecycleSubscriber
 
@@ -41,6 +41,8 @@ __all__ = [
     "LifecyclePublisher",
     "LifecycleSubscription",
     "LoadingError",
+    "LockLease",
+    "LockNotAcquired",
     "NoScriptError",
     "ProtocolError",
     "QueueProvider",

@@ -4,19 +4,30 @@ A lock is the key ``{prefix}:lock:{resource}`` holding this provider's
 token, set with ``SET key token NX PX ms``. Release runs a script that
 deletes the key only while it still holds the token, so a provider never
 deletes a lock that expired and was taken by another host.
+
+Beyond the contract, `acquire_lock(resource, wait=seconds)` retries until
+the lock is free or the wait ends, `extend_lock` renews a held lock with a
+script that checks the token, and `hold()` keeps a lock renewed while a
+block of code runs. The keys and values stay those of the contract.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import math
+import random
 import uuid
 from datetime import timedelta
+from types import TracebackType
 from typing import Any, Final, Self
 
 from ._provider import ValkeyProvider, check_prefix, open_connection, reject_id
 from .connection import Connection
-from .errors import NoScriptError
+from .errors import NoScriptError, ValkeyError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_DURATION: Final = timedelta(seconds=30)
 
@@ -25,6 +36,35 @@ RELEASE_SCRIPT: Final = (
     "return redis.call('del', KEYS[1]) else return 0 end"
 )
 RELEASE_SHA: Final = hashlib.sha1(RELEASE_SCRIPT.encode()).hexdigest()
+
+EXTEND_SCRIPT: Final = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
+EXTEND_SHA: Final = hashlib.sha1(EXTEND_SCRIPT.encode()).hexdigest()
+
+# Waiting acquires retry after about RETRY_BASE seconds, doubling up to
+# RETRY_CAP, each wait scaled by a random factor from 0.5 to 1 so that
+# hosts waiting for the same lock do not retry in step.
+RETRY_BASE: Final = 0.005
+RETRY_CAP: Final = 0.25
+
+
+class LockNotAcquired(Exception):
+    """`hold()` could not acquire the lock: another holder kept it.
+
+    `resource` is the resource, and `wait` the seconds spent trying
+    (`None` when it tried once).
+    """
+
+    def __init__(self, resource: str, wait: float | None) -> None:
+        if wait is None:
+            message = f"lock {resource!r} is held by another holder"
+        else:
+            message = f"lock {resource!r} still held by another holder after waiting {wait} s"
+        super().__init__(message)
+        self.resource = resource
+        self.wait = wait
 
 
 class ValkeyLockProvider(ValkeyProvider):
@@ -47,7 +87,7 @@ class ValkeyLockProvider(ValkeyProvider):
         they override the URL's query options.
         """
         prefix = check_prefix(prefix)
-        scripts = [(RELEASE_SHA, RELEASE_SCRIPT)]
+        scripts = [(RELEASE_SHA, RELEASE_SCRIPT), (EXTEND_SHA, EXTEND_SCRIPT)]
         connection = await open_connection(url, options, cls.client_name, scripts)
         return cls(connection, prefix)
 
@@ -65,18 +105,70 @@ class ValkeyLockProvider(ValkeyProvider):
         """How long a lock lives unless released."""
         return timedelta(milliseconds=self._duration_ms)
 
-    async def acquire_lock(self, resource: str) -> bool:
-        """Try once, without waiting; `True` if this provider now holds the lock.
+    async def acquire_lock(self, resource: str, wait: float | None = None) -> bool:
+        """Try to take the lock; `True` if this provider now holds it.
 
         A resource already held, by anyone including this provider, gives
-        `False`.
+        `False`. With `wait=None`, the contract's behaviour, it tries once
+        without waiting. With `wait` in seconds, it retries with jittered
+        backoff until the lock is taken or `wait` seconds have passed.
         """
         if resource.__class__ is not str or not resource:
             reject_id("resource", resource)
+        if wait is not None:
+            return await self._acquire_waiting(resource, wait)
         reply = await self._connection.execute(
             "SET", self._key_prefix + resource, self.token, "NX", "PX", self._duration_ms
         )
         return reply is not None
+
+    async def _acquire_waiting(self, resource: str, wait: float) -> bool:
+        """Retry the acquire with jittered exponential backoff until `wait` ends."""
+        _check_wait(wait)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        attempt = 0
+        while True:
+            if await self.acquire_lock(resource):
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            delay = min(RETRY_CAP, RETRY_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(min(delay, remaining))
+            attempt += 1
+
+    async def extend_lock(self, resource: str) -> bool:
+        """Reset the lock's expiry to the full lock duration, if this provider holds it.
+
+        Returns `False`, changing nothing, when the lock expired or another
+        holder took it.
+        """
+        if resource.__class__ is not str or not resource:
+            reject_id("resource", resource)
+        key = self._key_prefix + resource
+        arguments = (1, key, self.token, self._duration_ms)
+        try:
+            reply = await self._connection.execute("EVALSHA", EXTEND_SHA, *arguments)
+        except NoScriptError:
+            reply = await self._connection.execute("EVAL", EXTEND_SCRIPT, *arguments)
+        return bool(reply == 1)
+
+    def hold(self, resource: str, wait: float | None = None) -> LockLease:
+        """Hold the lock on `resource` for an ``async with`` block.
+
+        Entering the block acquires the lock, as `acquire_lock(resource,
+        wait)` does, and raises `LockNotAcquired` when it cannot. While the
+        block runs, the lock's expiry is renewed every third of the lock
+        duration. If a renewal finds the lock expired or taken,
+        `lease.lost` is set and a warning is logged; the block is not
+        interrupted. Leaving the block releases the lock.
+        """
+        if resource.__class__ is not str or not resource:
+            reject_id("resource", resource)
+        if wait is not None:
+            _check_wait(wait)
+        return LockLease(self, resource, wait)
 
     async def release_lock(self, resource: str) -> None:
         """Release the lock if this provider holds it; otherwise do nothing."""
@@ -89,7 +181,93 @@ class ValkeyLockProvider(ValkeyProvider):
             await self._connection.execute("EVAL", RELEASE_SCRIPT, 1, key, self.token)
 
     def _scripts(self) -> list[tuple[str, str]]:
-        return [(RELEASE_SHA, RELEASE_SCRIPT)]
+        return [(RELEASE_SHA, RELEASE_SCRIPT), (EXTEND_SHA, EXTEND_SCRIPT)]
+
+
+class LockLease:
+    """A lock kept alive while an ``async with`` block runs; see `hold()`.
+
+    `lost` is set when a renewal found the lock expired or taken by
+    another holder, or when no renewal succeeded for a whole lock duration
+    (for example while the server was unreachable). `renewals` counts the
+    successful renewals.
+    """
+
+    def __init__(self, provider: ValkeyLockProvider, resource: str, wait: float | None) -> None:
+        self.provider = provider
+        self.resource = resource
+        self.wait = wait
+        self.lost = asyncio.Event()
+        self.renewals = 0
+        self._renewer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        if self.lost.is_set():
+            state = "lost"
+        elif self._renewer is not None:
+            state = "held"
+        else:
+            state = "not held"
+        return f"<LockLease resource={self.resource!r} {state} renewals={self.renewals}>"
+
+    async def __aenter__(self) -> Self:
+        if self._renewer is not None:
+            raise RuntimeError(f"the lease on {self.resource!r} is already entered")
+        if not await self.provider.acquire_lock(self.resource, self.wait):
+            raise LockNotAcquired(self.resource, self.wait)
+        self._renewer = asyncio.create_task(self._renew())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        renewer = self._renewer
+        if renewer is not None:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+        try:
+            await self.provider.release_lock(self.resource)
+        except ValkeyError as error:
+            # The lock then expires by itself within one lock duration.
+            logger.warning("failed to release lock %r: %s", self.resource, error)
+
+    async def _renew(self) -> None:
+        """Extend the lock every third of its duration until cancelled or lost."""
+        loop = asyncio.get_running_loop()
+        duration = self.provider.lock_duration.total_seconds()
+        interval = duration / 3
+        expires_at = loop.time() + duration
+        while True:
+            await asyncio.sleep(interval)
+            sent_at = loop.time()
+            try:
+                extended = await self.provider.extend_lock(self.resource)
+            except ValkeyError as error:
+                if loop.time() < expires_at:
+                    logger.warning("failed to renew lock %r, retrying: %s", self.resource, error)
+                    continue
+                self._mark_lost(f"no renewal succeeded for {duration} s ({error})")
+                return
+            if not extended:
+                self._mark_lost("it expired or another holder took it")
+                return
+            self.renewals += 1
+            expires_at = sent_at + duration
+
+    def _mark_lost(self, reason: str) -> None:
+        logger.warning("lost lock %r: %s", self.resource, reason)
+        self.lost.set()
+
+
+def _check_wait(wait: object) -> None:
+    """Reject a wait that is not a non-negative, finite number of seconds."""
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool):
+        raise TypeError(f"wait must be seconds as a number or None, got {type(wait).__name__}")
+    if not math.isfinite(wait) or wait < 0:
+        raise ValueError(f"wait must be 0 or more seconds, got {wait}")
 
 
 def _to_milliseconds(duration: timedelta | float) -> int:
