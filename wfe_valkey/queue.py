@@ -2,16 +2,183 @@
 
 Each queue type is one list, ``{prefix}:queue:{workflow|event|index}``.
 Ids go in with `LPUSH` and come out with `RPOP`, so the oldest comes first.
+
+With `dequeue_wait`, `dequeue_work` waits up to that many seconds for an
+id with `BRPOP`. A blocking command on the shared connection would stall
+every caller on it, so each waiting dequeue borrows a connection of its
+own from a small pool (`WaitingDequeues`), opened on first use and kept
+for reuse. Ids still travel through the same list, so waiting and polling
+hosts, Python or Rust, share one queue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Self
+import asyncio
+import dataclasses
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Self
 
 from ._provider import ValkeyProvider, check_prefix, open_connection, reject_id
+from .config import ConnectionSettings
 from .connection import Connection
 from .contracts import QueueType
+from .errors import ValkeyConnectionError, ValkeyError
+from .resp import CommandArg
+
+logger = logging.getLogger(__name__)
+
+# Four connections let one dequeue wait on each of the three queue types,
+# with one to spare.
+DEFAULT_DEQUEUE_CONNECTIONS: Final = 4
+
+# Returned by `WaitingDequeues.run` when no connection came free in time.
+NO_CONNECTION: Final = object()
+
+
+class WaitingDequeues:
+    """A pool of connections that run blocking pops (BRPOP, BLMOVE).
+
+    At most `size` blocking commands run at once. A caller beyond that
+    waits up to `wait` seconds for a free connection. Each connection's
+    command timeout is the shared one plus `wait`, so a pop that waits the
+    full time does not time out.
+
+    A caller cancelled while its pop waits leaves the pop running on the
+    server. The pool then sends ``CLIENT UNBLOCK`` and, if the pop still
+    took an id, hands the reply to `put_back` so the id is not lost.
+    """
+
+    def __init__(
+        self, settings: ConnectionSettings, wait: float, size: int, client_name: str
+    ) -> None:
+        timeout = None if settings.timeout is None else settings.timeout + wait
+        self.settings = dataclasses.replace(settings, timeout=timeout)
+        self.wait = wait
+        self.size = size
+        self._client_name = client_name
+        self._idle: list[Connection] = []
+        self._busy: dict[Connection, asyncio.Future[Any]] = {}
+        self._slots = asyncio.Semaphore(size)
+        self._recoveries: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    async def run(
+        self,
+        command: tuple[CommandArg, ...],
+        shared: Connection,
+        put_back: Callable[[Any], Awaitable[object]],
+    ) -> Any:
+        """Run one blocking command on a pooled connection and return its reply.
+
+        Returns `NO_CONNECTION` when every connection stayed busy for `wait`
+        seconds. `shared` is the provider's own connection, used to unblock
+        a pop whose caller was cancelled.
+        """
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            return NO_CONNECTION
+        try:
+            connection = await self._checkout()
+        except BaseException:
+            self._slots.release()
+            raise
+
+        client_id = asyncio.ensure_future(connection.execute("CLIENT", "ID"))
+        client_id.add_done_callback(_retrieve_failure)
+        reply = asyncio.ensure_future(connection.execute(*command))
+        self._busy[connection] = client_id
+        try:
+            result = await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            recovery = asyncio.get_running_loop().create_task(
+                self._recover(connection, client_id, reply, shared, put_back)
+            )
+            self._recoveries.add(recovery)
+            recovery.add_done_callback(self._recoveries.discard)
+            raise
+        except BaseException:
+            self._checkin(connection)
+            raise
+        self._checkin(connection)
+        return result
+
+    async def close(self, shared: Connection) -> None:
+        """Unblock every waiting pop, then close every connection. Idempotent.
+
+        The callers of unblocked pops get the reply of an empty wait.
+        """
+        self.closed = True
+        for client_id in list(self._busy.values()):
+            await _unblock(shared, client_id)
+        if self._recoveries:
+            await asyncio.gather(*self._recoveries, return_exceptions=True)
+        connections = self._idle + list(self._busy)
+        self._idle = []
+        for connection in connections:
+            await connection.close()
+
+    async def _checkout(self) -> Connection:
+        """Take an idle connection, or open a new one."""
+        if self.closed:
+            raise ValkeyConnectionError(f"queue provider for {self.settings.address} is closed")
+        if self._idle:
+            return self._idle.pop()
+        connection = await Connection.open(self.settings, self._client_name)
+        if self.closed:
+            await connection.close()
+            raise ValkeyConnectionError(f"queue provider for {self.settings.address} is closed")
+        return connection
+
+    def _checkin(self, connection: Connection) -> None:
+        """Give a connection back after its pop finished, and free its slot."""
+        self._busy.pop(connection, None)
+        if not self.closed:
+            self._idle.append(connection)
+        self._slots.release()
+
+    async def _recover(
+        self,
+        connection: Connection,
+        client_id: asyncio.Future[Any],
+        reply: asyncio.Future[Any],
+        shared: Connection,
+        put_back: Callable[[Any], Awaitable[object]],
+    ) -> None:
+        """Unblock a pop whose caller was cancelled; put back an id it still took."""
+        try:
+            if not reply.done():
+                await _unblock(shared, client_id)
+            try:
+                result = await reply
+            except ValkeyError as error:
+                logger.warning("waiting dequeue failed after its caller left: %s", error)
+                return
+            if result is not None:
+                await put_back(result)
+        except ValkeyError as error:
+            logger.error("could not put back an id taken for a cancelled dequeue: %s", error)
+        finally:
+            self._checkin(connection)
+
+
+def _retrieve_failure(future: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen: the pop's own reply reports the same failure."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _unblock(shared: Connection, client_id: asyncio.Future[Any]) -> None:
+    """Send CLIENT UNBLOCK for the connection whose CLIENT ID is `client_id`."""
+    try:
+        await shared.execute("CLIENT", "UNBLOCK", await client_id)
+    except ValkeyError as error:
+        # NOTE: without CLIENT UNBLOCK (an ACL may forbid it), closing waits
+        # for the pop to end by itself, up to the dequeue wait.
+        logger.warning("could not unblock a waiting dequeue: %s", error)
 
 
 class ValkeyQueueProvider(ValkeyProvider):
@@ -19,19 +186,68 @@ class ValkeyQueueProvider(ValkeyProvider):
 
     client_name = "wfe-valkey-queue"
 
-    def __init__(self, connection: Connection, prefix: str) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        prefix: str,
+        dequeue_wait: float | None = None,
+        dequeue_connections: int = DEFAULT_DEQUEUE_CONNECTIONS,
+    ) -> None:
         super().__init__(connection, prefix)
         self._keys = {queue_type: f"{prefix}:queue:{queue_type.value}" for queue_type in QueueType}
+        self.dequeue_wait = _check_dequeue_wait(dequeue_wait)
+        self.dequeue_connections = _check_connection_count(dequeue_connections)
+        self._waiting = self._new_pool()
 
     @classmethod
-    async def new(cls, url: str, prefix: str, **options: Any) -> Self:
+    async def new(
+        cls,
+        url: str,
+        prefix: str,
+        *,
+        dequeue_wait: float | None = None,
+        dequeue_connections: int = DEFAULT_DEQUEUE_CONNECTIONS,
+        **options: Any,
+    ) -> Self:
         """Connect to `url` and return a provider for queues under `prefix`.
 
-        `options` are connection options, as for `ValkeyLockProvider.new`.
+        With `dequeue_wait` in seconds, `dequeue_work` waits up to that long
+        for an id, on connections of its own: at most `dequeue_connections`
+        dequeues wait at once, and a further one first waits for a free
+        connection, then polls once. Other `options` are connection
+        options, as for `ValkeyLockProvider.new`.
         """
         prefix = check_prefix(prefix)
+        _check_dequeue_wait(dequeue_wait)
+        _check_connection_count(dequeue_connections)
         connection = await open_connection(url, options, cls.client_name)
-        return cls(connection, prefix)
+        return cls(connection, prefix, dequeue_wait, dequeue_connections)
+
+    async def start(self) -> None:
+        """Open the connection again if `stop()` closed it; idempotent."""
+        await super().start()
+        if self._waiting is not None and self._waiting.closed:
+            self._waiting = self._new_pool()
+
+    async def stop(self) -> None:
+        """End waiting dequeues and close every connection; idempotent."""
+        if self._waiting is not None:
+            await self._waiting.close(self._connection)
+        await super().stop()
+
+    async def close(self) -> None:
+        """End waiting dequeues and close every connection; the same as `stop()`."""
+        await self.stop()
+
+    def _new_pool(self) -> WaitingDequeues | None:
+        if self.dequeue_wait is None:
+            return None
+        return WaitingDequeues(
+            self.settings,
+            self.dequeue_wait,
+            self.dequeue_connections,
+            f"{self.client_name}-wait",
+        )
 
     def queue_key(self, queue_type: QueueType) -> str:
         """The list key that holds the queue of `queue_type`."""
@@ -47,9 +263,32 @@ class ValkeyQueueProvider(ValkeyProvider):
         await self._connection.execute("LPUSH", self.queue_key(queue_type), id)
 
     async def dequeue_work(self, queue_type: QueueType) -> str | None:
-        """Take the oldest id of the queue, or `None` at once when it is empty."""
+        """Take the oldest id of the queue, or `None` when it is empty.
+
+        Without `dequeue_wait` this returns at once. With it, this waits up
+        to `dequeue_wait` seconds for an id, and gives `None` also when the
+        provider is closed during the wait.
+        """
+        if self._waiting is not None:
+            return await self._dequeue_waiting(queue_type)
         reply = await self._connection.execute("RPOP", self.queue_key(queue_type))
         return None if reply is None else reply.decode()
+
+    async def _dequeue_waiting(self, queue_type: QueueType) -> str | None:
+        """Wait for an id with BRPOP on a pooled connection."""
+        key = self.queue_key(queue_type)
+        assert self._waiting is not None and self.dequeue_wait is not None
+
+        async def put_back(reply: list[bytes]) -> None:
+            await self._connection.execute("RPUSH", key, reply[1])
+
+        reply = await self._waiting.run(
+            ("BRPOP", key, self.dequeue_wait), self._connection, put_back
+        )
+        if reply is NO_CONNECTION:
+            reply = await self._connection.execute("RPOP", key)
+            return None if reply is None else str(reply.decode())
+        return None if reply is None else str(reply[1].decode())
 
     async def queue_work_many(self, ids: Sequence[str], queue_type: QueueType) -> None:
         """Append several ids in one `LPUSH`; they come out in the order given.
@@ -77,5 +316,24 @@ class ValkeyQueueProvider(ValkeyProvider):
         return [] if reply is None else [item.decode() for item in reply]
 
     def is_dequeue_blocking(self) -> bool:
-        """`False`: `dequeue_work` returns at once, and hosts poll."""
-        return False
+        """`True` when `dequeue_work` waits for work (`dequeue_wait` set), else `False`."""
+        return self.dequeue_wait is not None
+
+
+def _check_dequeue_wait(wait: object) -> float | None:
+    """Return the dequeue wait in seconds if it is positive and finite, or `None`."""
+    if wait is None:
+        return None
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool):
+        raise TypeError(f"dequeue_wait must be seconds as a number, got {type(wait).__name__}")
+    if not math.isfinite(wait) or wait <= 0:
+        raise ValueError(f"dequeue_wait must be a positive number of seconds, got {wait}")
+    return float(wait)
+
+
+def _check_connection_count(count: object) -> int:
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise TypeError(f"dequeue_connections must be an int, got {type(count).__name__}")
+    if count < 1:
+        raise ValueError(f"dequeue_connections must be 1 or more, got {count}")
+    return count
