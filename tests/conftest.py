@@ -15,11 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import valkey
+from proxy import DelayingProxy
 
 from wfe_valkey import ValkeyLifecyclePublisher, ValkeyLockProvider, ValkeyQueueProvider
 from wfe_valkey.embedded import EmbeddedValkey
-
-from proxy import DelayingProxy
 
 
 @pytest.fixture(scope="session")

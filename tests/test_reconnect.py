@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import valkey
-
 from proxy import DelayingProxy
+
 from wfe_valkey import (
     ConnectionLostError,
     LifecycleEvent,

@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 BACKOFF_BASE: Final = 0.025
 BACKOFF_CAP: Final = 1.0
 
+# While reconnecting, a WARNING repeats at most once per this many seconds.
+RECONNECT_WARNING_INTERVAL: Final = 60.0
+
 # A command rejected with LOADING is sent again after this many seconds.
 LOADING_RETRY_DELAY: Final = 0.1
 
@@ -169,6 +172,11 @@ class _Wire(asyncio.Protocol):
             else:
                 waiter.set_result(reply)  # type: ignore[union-attr]
 
+    def eof_received(self) -> bool:
+        """Stop taking commands at once; the transport closes after this."""
+        self._writable.clear()
+        return False
+
     def pause_writing(self) -> None:
         self._writable.clear()
 
@@ -233,15 +241,18 @@ class _Wire(asyncio.Protocol):
     def _flush(self) -> None:
         """Write everything issued during the last event-loop turn at once."""
         self._flush_handle = None
-        if self._transport is None or self.lost:
+        transport = self._transport
+        if transport is None or self.lost or transport.is_closing():
+            # A closing transport drops writes, so these commands stay
+            # counted as unsent and fail as "not sent".
             return
         buffer = self._buffer
         self._buffer = []
         self._unsent_replies = 0
         if len(buffer) == 1:
-            self._transport.write(buffer[0])
+            transport.write(buffer[0])
         else:
-            self._transport.write(b"".join(buffer))
+            transport.write(b"".join(buffer))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("wrote %d commands to %s", len(buffer), self._settings.address)
 
@@ -279,8 +290,8 @@ class _Wire(asyncio.Protocol):
         """Fail every command whose deadline has passed; re-arm for the next one."""
         self._timer = None
         now = self._loop.time()
-        expired_any = False
         index = self._timed_out
+        first_new = index
         pending = self._pending
         while index < len(pending):
             waiter, deadline, _ = pending[index]
@@ -292,10 +303,13 @@ class _Wire(asyncio.Protocol):
                         f"no reply from {self._settings.address} within {self._timeout} s"
                     )
                 )
-                expired_any = True
             index += 1
         self._timed_out = index
 
+        # A command that waited its whole timeout while not one byte arrived
+        # means the server or the network hangs; callers that were cancelled
+        # meanwhile count too. Dropping the socket starts a reconnect.
+        expired_any = index > first_new
         if expired_any and now - self._last_received >= (self._timeout or 0.0):
             self.abort(f"no reply for {self._timeout} s")
             return
@@ -305,9 +319,15 @@ class _Wire(asyncio.Protocol):
     # closing
 
     def abort(self, reason: str) -> None:
-        """Drop the socket at once; pending commands fail with `reason`."""
+        """Drop the socket at once; pending commands fail with `reason`.
+
+        New commands stop going to this socket at once: callers wait until
+        `connection_lost` runs and the connection starts to reconnect.
+        """
         if self._lost_reason is None:
             self._lost_reason = reason
+        if not self.lost:
+            self._writable.clear()
         if self._transport is not None:
             self._transport.abort()
 
@@ -371,6 +391,7 @@ class Connection:
         self._ready = asyncio.Event()
         self._scripts: dict[str, str] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._last_error: str | None = None
         self.state = State.CONNECTING
 
     @classmethod
@@ -422,30 +443,50 @@ class Connection:
         return self._send_when_ready(payloads, single=False)
 
     async def _send_when_ready(self, payloads: list[bytes], single: bool) -> Any:
-        """Wait for a usable socket, within the command timeout, then send."""
+        """Wait for a usable socket, then send; the whole call has one timeout.
+
+        The timeout counts from the call, so a command that waited for a
+        reconnect has only the rest of it left for its reply.
+        """
         timeout = self.settings.timeout
         deadline = None if timeout is None else self._loop.time() + timeout
+        sent = False
         try:
             async with asyncio.timeout_at(deadline):
-                while True:
-                    if self.state is State.CLOSED:
-                        raise ValkeyConnectionError(
-                            f"connection to {self.settings.address} is closed"
-                        )
-                    wire = self._wire
-                    if wire is not None and self.state is State.READY:
-                        if wire.writable:
-                            break
-                        await wire.wait_writable()
-                    else:
-                        await self._ready.wait()
+                wire = await self._usable_wire()
+                sent = True
+                if single:
+                    return await wire.send(payloads[0])
+                return await wire.send_batch(payloads)
+        except ValkeyTimeoutError:
+            raise
         except TimeoutError:
-            raise ValkeyTimeoutError(
-                f"{self.settings.address} not reachable or not reading within {timeout} s"
-            ) from None
-        if single:
-            return await wire.send(payloads[0])
-        return await wire.send_batch(payloads)
+            raise self._timeout_error(timeout, sent) from None
+
+    async def _usable_wire(self) -> _Wire:
+        """Return the current socket once it is connected and below its high-water mark."""
+        while True:
+            if self.state is State.CLOSED:
+                raise ValkeyConnectionError(f"connection to {self.settings.address} is closed")
+            wire = self._wire
+            if wire is not None and self.state is State.READY:
+                if wire.writable:
+                    return wire
+                await wire.wait_writable()
+            else:
+                await self._ready.wait()
+
+    def _timeout_error(self, timeout: float | None, sent: bool) -> ValkeyTimeoutError:
+        """Describe a command timeout: no reply, no connection, or a full write buffer."""
+        address = self.settings.address
+        if sent:
+            return ValkeyTimeoutError(f"no reply from {address} within {timeout} s")
+        if self.state is State.READY:
+            return ValkeyTimeoutError(
+                f"{address} did not read the commands already sent within {timeout} s"
+            )
+        reason = f"; last attempt: {self._last_error}" if self._last_error else ""
+        return ValkeyTimeoutError(f"{address} not reachable within {timeout} s{reason}")
 
     def register_script(self, sha: str, source: str) -> None:
         """Load `source` on every future connect, and now if connected."""
@@ -544,27 +585,51 @@ class Connection:
         self._reconnect_task = self._loop.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        """Connect again with capped, jittered exponential backoff."""
+        """Connect again with capped, jittered exponential backoff.
+
+        Failed attempts are logged at DEBUG, and at WARNING at most once
+        every RECONNECT_WARNING_INTERVAL seconds while the outage lasts.
+        """
         attempt = 0
+        started = self._loop.time()
+        last_warning = started
         while self.state is State.RECONNECTING:
             try:
                 await self._connect_once()
             except (ValkeyError, OSError) as exc:
-                attempt += 1
-                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
-                logger.debug(
-                    "reconnect attempt %d to %s failed (%s); next in %.3f s",
-                    attempt,
-                    self.settings.address,
-                    exc,
-                    delay,
+                self._last_error = str(exc)
+            except Exception as exc:
+                # Anything else is a defect, but giving up would leave every
+                # caller waiting for a connection that never comes back.
+                logger.exception("reconnect attempt to %s failed", self.settings.address)
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                logger.info(
+                    "reconnected to %s after %d failed attempts", self.settings.address, attempt
                 )
-                await asyncio.sleep(delay)
-                continue
-            logger.info(
-                "reconnected to %s after %d failed attempts", self.settings.address, attempt
+                self._last_error = None
+                return
+
+            attempt += 1
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+            logger.debug(
+                "reconnect attempt %d to %s failed (%s); next in %.3f s",
+                attempt,
+                self.settings.address,
+                self._last_error,
+                delay,
             )
-            return
+            now = self._loop.time()
+            if now - last_warning >= RECONNECT_WARNING_INTERVAL:
+                last_warning = now
+                logger.warning(
+                    "still reconnecting to %s after %d attempts in %.0f s: %s",
+                    self.settings.address,
+                    attempt,
+                    now - started,
+                    self._last_error,
+                )
+            await asyncio.sleep(delay)
 
     # closing
 
