@@ -6,8 +6,11 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
+from .cluster import ClusterConnection, adopt_if_cluster, take_cluster_option
 from .config import ConnectionSettings, parse_url
 from .connection import Connection, State
+from .errors import InvalidURLError
+from .sentinel import SentinelConnection, is_sentinel_url, open_sentinel_connection
 
 
 class ValkeyProvider:
@@ -35,8 +38,8 @@ class ValkeyProvider:
     async def start(self) -> None:
         """Open the connection again if `stop()` closed it; idempotent."""
         if self._connection.state is State.CLOSED:
-            self._connection = await Connection.open(
-                self._connection.settings, self.client_name, self._scripts()
+            self._connection = await reopen_connection(
+                self._connection, self.client_name, self._scripts()
             )
 
     async def stop(self) -> None:
@@ -69,9 +72,35 @@ async def open_connection(
     client_name: str,
     scripts: Iterable[tuple[str, str]] = (),
 ) -> Connection:
-    """Parse `url` with keyword `options` and open the connection it names."""
+    """Parse `url` with keyword `options` and open the connection it names.
+
+    A Sentinel URL gives a `SentinelConnection` to the service's primary. A
+    server in cluster mode gives a `ClusterConnection` that routes each
+    command to its slot's primary, unless the ``cluster`` option (in the
+    URL or as a keyword) is off; ``cluster=yes`` makes a server that is not
+    a cluster node an error. Any other server gives a plain `Connection`.
+    """
+    scripts = list(scripts)
+    url, options, cluster = take_cluster_option(url, options)
+    if is_sentinel_url(url):
+        if cluster:
+            raise InvalidURLError("cluster mode cannot be combined with a Sentinel URL")
+        return await open_sentinel_connection(url, options, client_name, scripts)
+
     settings = parse_url(url, **options)
-    return await Connection.open(settings, client_name, scripts)
+    connection = await Connection.open(settings, client_name, scripts)
+    if cluster is False:
+        return connection
+    return await adopt_if_cluster(connection, client_name, scripts, required=cluster is True)
+
+
+async def reopen_connection(
+    connection: Connection, client_name: str, scripts: Iterable[tuple[str, str]]
+) -> Connection:
+    """Open a new connection of the same kind, to the same place, as a closed one."""
+    if isinstance(connection, (ClusterConnection, SentinelConnection)):
+        return await connection.reopen(client_name, scripts)
+    return await Connection.open(connection.settings, client_name, scripts)
 
 
 def check_prefix(prefix: object) -> str:

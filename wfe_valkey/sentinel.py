@@ -1,0 +1,325 @@
+"""Valkey Sentinel: connect to the current primary of a service, and follow failovers.
+
+URL form::
+
+    redis+sentinel://[[user]:password@]host1[:port1][,host2[:port2]...]/service-name[?option=value...]
+
+``valkey+sentinel://`` is the same; ``rediss+sentinel://`` and
+``valkeys+sentinel://`` use TLS to the sentinels and to the primary. A
+sentinel's port defaults to 26379. The credentials and the query options
+are those of plain URLs (``timeout``, ``db``, ...) and apply to the
+primary. ``sentinel_username`` and ``sentinel_password`` (in the query or
+as keyword arguments) are sent to the sentinels, which take no
+credentials otherwise.
+
+Plan: `SentinelConnection` is a `Connection` whose target is looked up
+before every connect. It asks the sentinels in turn with SENTINEL
+GET-MASTER-ADDR-BY-NAME, connects to the address returned, and checks with
+ROLE that the node is a primary. The connection drops its socket on a
+READONLY reply and when the server goes away (a failover demotes the old
+primary and Sentinel disconnects its clients), and every reconnect asks
+the sentinels again, so the connection follows the primary.
+
+Known limits: only the sentinels named in the URL are asked; sentinels
+added later are not discovered. A sentinel that answers first is asked
+first next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import unquote
+
+from . import _probe
+from .config import DEFAULT_CONNECT_TIMEOUT, ConnectionSettings, parse_url
+from .connection import Connection
+from .errors import InvalidURLError, ReplyError, ValkeyConnectionError, ValkeyError
+from .resp import encode_command
+
+if TYPE_CHECKING:
+    from .connection import _Wire
+
+logger = logging.getLogger(__name__)
+
+SENTINEL_SCHEMES: Final = {
+    "redis+sentinel": "redis",
+    "valkey+sentinel": "redis",
+    "rediss+sentinel": "rediss",
+    "valkeys+sentinel": "rediss",
+}
+DEFAULT_SENTINEL_PORT: Final = 26379
+SENTINEL_OPTIONS: Final = ("sentinel_username", "sentinel_password")
+
+# While a failover is under way the sentinels may still name the old
+# primary; opening retries this often, in seconds, until the connect
+# timeout ends.
+OPEN_RETRY_DELAY: Final = 0.1
+
+
+@dataclass(frozen=True)
+class SentinelSettings:
+    """Which sentinels to ask, and for which service."""
+
+    service_name: str
+    sentinels: tuple[ConnectionSettings, ...] = field(repr=False)
+
+    @property
+    def addresses(self) -> str:
+        """The sentinels' addresses, comma-separated, for messages."""
+        return ",".join(sentinel.address for sentinel in self.sentinels)
+
+
+def is_sentinel_url(url: object) -> bool:
+    """Return whether `url` has one of the Sentinel schemes."""
+    if not isinstance(url, str) or "://" not in url:
+        return False
+    return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
+
+
+def parse_sentinel_url(url: str, **overrides: Any) -> tuple[ConnectionSettings, SentinelSettings]:
+    """Parse a Sentinel URL into the primary's settings and the sentinels'.
+
+    The primary's settings carry the first sentinel's address until the
+    sentinels are asked. Raises `InvalidURLError` naming the part that is
+    wrong; the message never contains a password.
+    """
+    scheme, _, rest = url.partition("://")
+    plain_scheme = SENTINEL_SCHEMES[scheme.lower()]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    credentials, at, hosts_part = netloc.rpartition("@")
+
+    addresses = [_parse_host(part, url) for part in hosts_part.split(",")]
+    service_name = _parse_service_name(path, url)
+    query, sentinel_options = _take_sentinel_options(query)
+    for name in SENTINEL_OPTIONS:
+        if name in overrides:
+            sentinel_options[name] = overrides.pop(name)
+
+    first_host, first_port = addresses[0]
+    plain_url = f"{plain_scheme}://{credentials}{at}{_format_host(first_host)}:{first_port}/"
+    if query:
+        plain_url += "?" + query
+    settings = parse_url(plain_url, **overrides)
+
+    sentinels = tuple(
+        ConnectionSettings(
+            host=host,
+            port=port,
+            username=sentinel_options.get("sentinel_username"),
+            password=sentinel_options.get("sentinel_password"),
+            timeout=settings.timeout,
+            connect_timeout=settings.connect_timeout,
+            tls=settings.tls,
+        )
+        for host, port in addresses
+    )
+    return settings, SentinelSettings(service_name, sentinels)
+
+
+def _parse_host(part: str, url: str) -> tuple[str, int]:
+    """Read one ``host[:port]`` or ``[ipv6][:port]`` of the sentinel list."""
+    part = part.strip()
+    if part.startswith("["):
+        host, bracket, after = part[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise InvalidURLError(f"invalid sentinel address {part!r} in URL {_redact(url)!r}")
+        port_word = after[1:]
+    else:
+        host, _, port_word = part.partition(":")
+    if not host:
+        raise InvalidURLError(f"missing sentinel host in URL {_redact(url)!r}")
+    if not port_word:
+        return host, DEFAULT_SENTINEL_PORT
+    if not port_word.isdigit() or not 0 < int(port_word) < 65536:
+        raise InvalidURLError(
+            f"invalid sentinel port {port_word!r} in URL {_redact(url)!r}; "
+            "expected a number from 1 to 65535"
+        )
+    return host, int(port_word)
+
+
+def _parse_service_name(path: str, url: str) -> str:
+    """Read the service name, the one path segment of a Sentinel URL."""
+    name = unquote(path.rstrip("/"))
+    if not name:
+        raise InvalidURLError(
+            f"missing service name in URL {_redact(url)!r}; "
+            "expected for example redis+sentinel://127.0.0.1:26379/mymaster"
+        )
+    if "/" in name:
+        raise InvalidURLError(
+            f"invalid service name {name!r} in URL {_redact(url)!r}; give the database with ?db=N"
+        )
+    return name
+
+
+def _take_sentinel_options(query: str) -> tuple[str, dict[str, Any]]:
+    """Split the sentinels' own options off the query string."""
+    kept: list[str] = []
+    taken: dict[str, Any] = {}
+    for pair in query.split("&") if query else []:
+        name, _, value = pair.partition("=")
+        if unquote(name) in SENTINEL_OPTIONS:
+            taken[unquote(name)] = unquote(value)
+        else:
+            kept.append(pair)
+    return "&".join(kept), taken
+
+
+def _format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _redact(url: str) -> str:
+    """Return the URL without its query, and with any password replaced by ``***``."""
+    scheme, _, rest = url.partition("://")
+    rest = rest.partition("?")[0]
+    netloc, slash, path = rest.partition("/")
+    credentials, at, hosts = netloc.rpartition("@")
+    if at:
+        user = credentials.split(":", 1)[0]
+        netloc = f"{user}:***@{hosts}"
+    return f"{scheme}://{netloc}{slash}{path}"
+
+
+class NotPrimaryError(ValkeyConnectionError):
+    """The node the sentinels named is not a primary (yet, or any more)."""
+
+
+class SentinelConnection(Connection):
+    """A connection to the primary of a Sentinel service that follows failovers.
+
+    `settings` is the address of the primary in use (or last tried).
+    """
+
+    def __init__(
+        self, settings: ConnectionSettings, client_name: str, sentinel: SentinelSettings
+    ) -> None:
+        super().__init__(settings, client_name)
+        self.sentinel = sentinel
+        self._template = settings
+        self._sentinels = list(sentinel.sentinels)
+
+    @classmethod
+    async def open(
+        cls,
+        settings: ConnectionSettings,
+        client_name: str = "wfe-valkey",
+        scripts: Iterable[tuple[str, str]] = (),
+        *,
+        sentinel: SentinelSettings | None = None,
+    ) -> Self:
+        """Ask the sentinels for the primary, connect and check its role.
+
+        `sentinel` is required. While a failover is under way the node
+        named may not be a primary yet; opening tries again until the
+        connect timeout ends. Raises `ValkeyConnectionError` when no
+        sentinel names a primary that can be reached.
+        """
+        if sentinel is None:
+            raise TypeError("SentinelConnection.open needs sentinel settings")
+        connection = cls(settings, client_name, sentinel)
+        connection._scripts.update(scripts)
+        await connection._connect_until_primary()
+        logger.info(
+            "connected to %s, primary of %r, as %s",
+            connection.settings.address,
+            sentinel.service_name,
+            connection._client_name,
+        )
+        return connection
+
+    async def reopen(self, client_name: str, scripts: Iterable[tuple[str, str]]) -> Self:
+        """Open a new connection to the same service through the same sentinels."""
+        return await type(self).open(self._template, client_name, scripts, sentinel=self.sentinel)
+
+    def __repr__(self) -> str:
+        return (
+            f"<SentinelConnection {self.sentinel.service_name!r} at "
+            f"{self.settings.address} {self.state.value}>"
+        )
+
+    async def _connect_until_primary(self) -> None:
+        """Connect; while the node named is not a primary, ask again until the timeout."""
+        timeout = self.settings.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        deadline = self._loop.time() + timeout
+        while True:
+            try:
+                await self._connect_once()
+                return
+            except NotPrimaryError:
+                if self._loop.time() + OPEN_RETRY_DELAY >= deadline:
+                    raise
+            await asyncio.sleep(OPEN_RETRY_DELAY)
+
+    async def _resolve_target(self) -> ConnectionSettings:
+        """Ask the sentinels, in turn, for the current primary's address."""
+        name = self.sentinel.service_name
+        timeout = self.settings.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        failures: list[str] = []
+        for index, sentinel in enumerate(self._sentinels):
+            try:
+                [reply] = await _probe.query(
+                    sentinel, [("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)], timeout
+                )
+            except ValkeyError as exc:
+                failures.append(f"{sentinel.address}: {exc}")
+                continue
+            if isinstance(reply, ReplyError) or not isinstance(reply, list) or len(reply) != 2:
+                failures.append(f"{sentinel.address}: does not monitor {name!r} ({reply})")
+                continue
+
+            if index:
+                self._sentinels.insert(0, self._sentinels.pop(index))
+            host = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            target = self._template.with_address(host, int(reply[1]))
+            if target.address != self.settings.address:
+                logger.info(
+                    "sentinel %s names %s as primary of %r", sentinel.address, target.address, name
+                )
+            self.settings = target
+            return target
+        raise ValkeyConnectionError(
+            f"no sentinel returned the primary of {name!r}: " + "; ".join(failures)
+        )
+
+    async def _handshake(self, wire: _Wire) -> None:
+        """Run the usual handshake, then check with ROLE that the node is a primary."""
+        await super()._handshake(wire)
+        timeout = self.settings.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        try:
+            async with asyncio.timeout(timeout):
+                role = await wire.send(encode_command(("ROLE",)))
+        except TimeoutError:
+            raise ValkeyConnectionError(
+                f"ROLE got no reply from {self.settings.address} within {timeout} s"
+            ) from None
+        except ReplyError as exc:
+            logger.warning(
+                "cannot check the role of %s (%s); trusting the sentinels",
+                self.settings.address,
+                exc,
+            )
+            return
+        if not isinstance(role, list) or not role or role[0] != b"master":
+            found = role[0].decode() if isinstance(role, list) and role else repr(role)
+            raise NotPrimaryError(
+                f"{self.settings.address}, named by the sentinels as primary of "
+                f"{self.sentinel.service_name!r}, is a {found}; asking again"
+            )
+
+
+async def open_sentinel_connection(
+    url: str,
+    options: dict[str, Any],
+    client_name: str,
+    scripts: Iterable[tuple[str, str]] = (),
+) -> SentinelConnection:
+    """Parse a Sentinel URL with keyword `options` and connect to the primary."""
+    settings, sentinel = parse_sentinel_url(url, **options)
+    return await SentinelConnection.open(settings, client_name, scripts, sentinel=sentinel)
