@@ -26,6 +26,7 @@ from .events import InvalidEventError, LifecycleEvent, LifecycleEventType
 from .lifecycle import ValkeyLifecyclePublisher
 from .lock import LockLease, LockNotAcquired, ValkeyLockProvider
 from .queue import ValkeyQueueProvider
+from .reliable import ReliableQueueProvider
 from .subscriber import LifecycleSubscription, ValkeyLifecycleSubscriber
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "QueueProvider",
     "QueueType",
     "ReadOnlyError",
+    "ReliableQueueProvider",
     "ReplyError",
     "TLSSettings",
     "ValkeyConnectionError",
