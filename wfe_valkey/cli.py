@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any, Final
 
-from .errors import InvalidURLError, ValkeyError
+from .config import parse_url
+from .connection import Connection
+from .contracts import QueueType
+from .errors import InvalidURLError, ReplyError, ValkeyError
+from .events import Error, LifecycleEvent, StepCompleted, StepStarted, format_timestamp
+
+# Keys asked for per SCAN call; the server may return more or fewer.
+SCAN_COUNT: Final = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +55,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="print only the summary, without progress"
     )
     demo.set_defaults(run=run_demo)
+
+    info = commands.add_parser(
+        "info",
+        help="show queue lengths and held locks",
+        description=(
+            "Show the length of the workflow, event and index queues, and every held "
+            "lock with the time left before it expires. Locks are found with SCAN, "
+            "which does not block the server."
+        ),
+    )
+    _add_server_arguments(info)
+    info.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"queues": {...}, "locks": [{"resource": ..., "ttl_ms": ...}]} '
+        "with locks sorted by resource",
+    )
+    info.set_defaults(run=run_info)
+
+    tail = commands.add_parser(
+        "tail",
+        help="print lifecycle events as they are published",
+        description=(
+            "Print lifecycle events as Rust or Python hosts publish them, one line each: "
+            "time, workflow id, definition@version, event type and its fields. Runs "
+            "until interrupted, or until --count events were printed."
+        ),
+    )
+    _add_server_arguments(tail)
+    tail.add_argument(
+        "--workflow",
+        metavar="ID",
+        help="print only this workflow instance's events (default: every workflow)",
+    )
+    tail.add_argument(
+        "--count", type=int, metavar="N", help="exit after printing N events (default: no limit)"
+    )
+    tail.set_defaults(run=run_tail)
     return parser
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", required=True, help="server URL, for example redis://127.0.0.1:6379/0"
+    )
+    parser.add_argument("--prefix", required=True, help="key prefix the hosts use, for example wfe")
 
 
 def run_demo(arguments: argparse.Namespace) -> int:
@@ -61,6 +115,132 @@ def run_demo(arguments: argparse.Namespace) -> int:
         show_progress=not arguments.quiet,
     )
     return asyncio.run(run(options))
+
+
+def run_info(arguments: argparse.Namespace) -> int:
+    report = asyncio.run(read_info(arguments.url, _check_prefix(arguments.prefix)))
+    if arguments.json:
+        print(json.dumps(report))
+    else:
+        print(format_info(arguments.prefix, report))
+    return 0
+
+
+async def read_info(url: str, prefix: str) -> dict[str, Any]:
+    """Read the queue lengths and the held locks with their time to live."""
+    connection = await Connection.open(parse_url(url), "wfe-valkey-cli")
+    try:
+        lengths = await connection.execute_many(
+            [("LLEN", f"{prefix}:queue:{queue_type.value}") for queue_type in QueueType]
+        )
+        for length in lengths:
+            if isinstance(length, ReplyError):
+                raise length
+        queues = {
+            queue_type.value: length for queue_type, length in zip(QueueType, lengths, strict=True)
+        }
+        locks = await _read_locks(connection, prefix)
+    finally:
+        await connection.close()
+    return {"queues": queues, "locks": locks}
+
+
+async def _read_locks(connection: Connection, prefix: str) -> list[dict[str, Any]]:
+    """Find the lock keys with SCAN and read each one's time to live."""
+    key_prefix = f"{prefix}:lock:"
+    pattern = _escape_glob(key_prefix) + "*"
+    ttls: dict[str, int] = {}
+    cursor = b"0"
+    while True:
+        cursor, keys = await connection.execute(
+            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT
+        )
+        if keys:
+            replies = await connection.execute_many([("PTTL", key) for key in keys])
+            for key, ttl in zip(keys, replies, strict=True):
+                # PTTL returns -2 for a lock released after SCAN listed it.
+                if isinstance(ttl, int) and ttl != -2:
+                    ttls[key.decode(errors="replace")[len(key_prefix) :]] = ttl
+        if cursor == b"0":
+            break
+    return [{"resource": resource, "ttl_ms": ttls[resource]} for resource in sorted(ttls)]
+
+
+def format_info(prefix: str, report: dict[str, Any]) -> str:
+    """Format `read_info`'s report as text for a terminal."""
+    lines = [f"queues under {prefix!r}:"]
+    for name, length in report["queues"].items():
+        lines.append(f"  {name:<10} {length}")
+    locks = report["locks"]
+    lines.append(f"locks held: {len(locks)}")
+    for lock in locks:
+        ttl_ms = lock["ttl_ms"]
+        left = "no expiry" if ttl_ms < 0 else f"{ttl_ms / 1000:.3f} s left"
+        lines.append(f"  {lock['resource']}  {left}")
+    return "\n".join(lines)
+
+
+def _escape_glob(text: str) -> str:
+    """Escape the characters SCAN MATCH treats as a pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def run_tail(arguments: argparse.Namespace) -> int:
+    prefix = _check_prefix(arguments.prefix)
+    if arguments.workflow is not None and not arguments.workflow:
+        raise ValueError("--workflow must not be empty")
+    if arguments.count is not None and arguments.count < 1:
+        raise ValueError(f"--count must be 1 or more, got {arguments.count}")
+    return asyncio.run(tail_events(arguments.url, prefix, arguments.workflow, arguments.count))
+
+
+async def tail_events(url: str, prefix: str, workflow_id: str | None, count: int | None) -> int:
+    """Print lifecycle events until interrupted or `count` were printed."""
+    from .subscriber import ValkeyLifecycleSubscriber
+
+    subscriber = await ValkeyLifecycleSubscriber.new(url, prefix, client_name="wfe-valkey-tail")
+    try:
+        subscription = await subscriber.subscribe(workflow_id)
+        print(f"listening on {subscription.channel}", file=sys.stderr, flush=True)
+        printed = 0
+        async for event in subscription:
+            print(format_event(event), flush=True)
+            printed += 1
+            if count is not None and printed >= count:
+                break
+    finally:
+        await subscriber.close()
+    return 0
+
+
+def format_event(event: LifecycleEvent) -> str:
+    """Format one event as a line: time, workflow, definition@version, type and fields."""
+    parts = [
+        format_timestamp(event.event_time_ns),
+        event.workflow_instance_id,
+        f"{event.workflow_definition_id}@{event.version}",
+        event.event_type.tag,
+    ]
+    event_type = event.event_type
+    if isinstance(event_type, Error):
+        parts.append(f"message={json.dumps(event_type.message, ensure_ascii=False)}")
+    elif isinstance(event_type, (StepStarted, StepCompleted)):
+        parts.append(f"step_id={event_type.step_id}")
+        name = event_type.step_name
+        parts.append(
+            "step_name=null"
+            if name is None
+            else f"step_name={json.dumps(name, ensure_ascii=False)}"
+        )
+    if event.reference is not None:
+        parts.append(f"reference={json.dumps(event.reference, ensure_ascii=False)}")
+    return " ".join(parts)
+
+
+def _check_prefix(prefix: str) -> str:
+    if not prefix:
+        raise ValueError("--prefix must not be empty")
+    return prefix
 
 
 def main(argv: Sequence[str] | None = None) -> None:
