@@ -3,10 +3,15 @@
 Every process listens on 127.0.0.1 on a free port and keeps its files in a
 temporary directory of its own. `stop()` on a deployment stops every
 process it started, including ones a test killed and restarted.
+`QueueTraffic` runs a producer and a consumer through a failover and
+records what they saw.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import itertools
 import signal
 import subprocess
 import tempfile
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import valkey
 
+from wfe_valkey import QueueType, ValkeyError, ValkeyQueueProvider
 from wfe_valkey.embedded import find_server_binary, free_port
 from wfe_valkey.slots import SLOT_COUNT
 
@@ -241,6 +247,11 @@ class Cluster(Deployment):
                     return False
         return True
 
+    def role_is_primary(self, node: ServerProcess) -> bool:
+        """Whether `node` reports itself a primary now."""
+        with node.client() as client:
+            return bool(client.execute_command("ROLE")[0] == b"master")
+
     def owner_of(self, slot: int) -> ServerProcess:
         """The primary that owned `slot` when the cluster formed."""
         for node, (first, last) in zip(self.primaries, self.slot_ranges, strict=True):
@@ -358,3 +369,90 @@ def start_sentinels(
         deployment.stop()
         raise
     return deployment
+
+
+class QueueTraffic:
+    """A producer and a consumer on one queue that record every outcome and its time.
+
+    The producer queues ``{label}-0``, ``{label}-1``, ... one after another;
+    the consumer takes ids until stopped. Errors are recorded, not raised,
+    so a failover shows up as a list of timed errors and a gap in the
+    successes.
+    """
+
+    def __init__(self, queues: ValkeyQueueProvider, queue_type: QueueType, label: str) -> None:
+        self.queues = queues
+        self.queue_type = queue_type
+        self.label = label
+        self.queued: list[str] = []
+        self.unconfirmed: list[str] = []
+        self.taken: list[str] = []
+        self.queued_at: list[float] = []
+        self.errors: list[tuple[float, str, str]] = []
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._produce()),
+            asyncio.create_task(self._consume()),
+        ]
+
+    async def stop(self) -> None:
+        """Stop both loops, then take every id still in the queue."""
+        self._stopping.set()
+        await asyncio.gather(*self._tasks)
+        for _ in range(100_000):
+            left = await self.queues.dequeue_work(self.queue_type)
+            if left is None:
+                return
+            self.taken.append(left)
+
+    async def _produce(self) -> None:
+        loop = asyncio.get_running_loop()
+        number = 0
+        while not self._stopping.is_set():
+            work_id = f"{self.label}-{number}"
+            number += 1
+            try:
+                await self.queues.queue_work(work_id, self.queue_type)
+            except ValkeyError as exc:
+                self.unconfirmed.append(work_id)
+                self.errors.append((loop.time(), "queue_work", type(exc).__name__))
+            else:
+                self.queued.append(work_id)
+                self.queued_at.append(loop.time())
+            await asyncio.sleep(0.002)
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                work_id = await self.queues.dequeue_work(self.queue_type)
+            except ValkeyError as exc:
+                self.errors.append((loop.time(), "dequeue_work", type(exc).__name__))
+                await asyncio.sleep(0.002)
+                continue
+            if work_id is None:
+                await asyncio.sleep(0.002)
+            else:
+                self.taken.append(work_id)
+
+    def queued_after(self, moment: float) -> int:
+        """How many ids were queued successfully after `moment` (loop time)."""
+        return sum(1 for queued_at in self.queued_at if queued_at > moment)
+
+    def report(self, since: float) -> dict[str, object]:
+        """Errors and the longest gap between successful queue_work calls after `since`."""
+        times = [since, *(moment for moment in self.queued_at if moment > since)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        errors = [error for error in self.errors if error[0] >= since]
+        kinds = collections.Counter(f"{call}:{kind}" for _, call, kind in errors)
+        return {
+            "queue": self.queue_type.value,
+            "longest_gap_s": round(max(gaps, default=0.0), 3),
+            "errors": len(errors),
+            "first_error_s": round(errors[0][0] - since, 3) if errors else None,
+            "last_error_s": round(errors[-1][0] - since, 3) if errors else None,
+            "error_kinds": dict(kinds),
+        }

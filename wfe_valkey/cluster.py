@@ -281,6 +281,7 @@ class ClusterConnection(Connection):
             raise error
         if not isinstance(error, ReplyError) or error.code == "CLUSTERDOWN":
             self._request_refresh()
+        logger.debug("retrying in %.3f s after: %s", delay, error)
         await asyncio.sleep(delay)
 
     def execute_many(self, commands: Sequence[tuple[CommandArg, ...]]) -> Awaitable[list[Any]]:
