@@ -405,11 +405,12 @@ class Connection:
 
         Raises `ValkeyConnectionError`, `ValkeyTimeoutError` or
         `AuthenticationError` when the first connect fails; later drops are
-        repaired in the background.
+        repaired in the background. A server still loading its dataset is
+        asked again until the connect timeout ends, then `LoadingError`.
         """
         connection = cls(settings, client_name)
         connection._scripts.update(scripts)
-        await connection._connect_once()
+        await connection._connect_first()
         logger.info("connected to %s as %s", settings.address, connection._client_name)
         return connection
 
@@ -506,6 +507,19 @@ class Connection:
         self.state = State.READY
         self._ready.set()
 
+    async def _connect_first(self) -> None:
+        """Connect once, retrying while the server replies LOADING, up to the connect timeout."""
+        connect_timeout = self.settings.connect_timeout
+        deadline = None if connect_timeout is None else self._loop.time() + connect_timeout
+        while True:
+            try:
+                await self._connect_once()
+                return
+            except LoadingError:
+                if deadline is not None and self._loop.time() + LOADING_RETRY_DELAY >= deadline:
+                    raise
+            await asyncio.sleep(LOADING_RETRY_DELAY)
+
     async def _resolve_target(self) -> ConnectionSettings:
         """Return the settings of the server to connect to now.
 
@@ -571,9 +585,11 @@ class Connection:
         if command[0] == "AUTH" or isinstance(reply, AuthenticationError):
             user = self.settings.username or "default"
             return AuthenticationError(
-                f"authentication as user {user!r} failed at {address}: {reply}"
+                f"authentication as user {user!r} failed at {address}: {reply}", code=reply.code
             )
-        return type(reply)(f"{command[0]!s} {command[1]!s} failed at {address}: {reply}")
+        return type(reply)(
+            f"{command[0]!s} {command[1]!s} failed at {address}: {reply}", code=reply.code
+        )
 
     def _on_wire_lost(self, wire: _Wire, reason: str) -> None:
         """Start reconnecting when the current socket drops."""

@@ -35,13 +35,15 @@ class ProtocolError(ValkeyError):
 class ReplyError(ValkeyError):
     """The server answered a command with an error reply.
 
-    `code` is the error's first word (for example ``ERR`` or ``WRONGTYPE``)
-    and the message is the server's text, unchanged.
+    `code` is the error's first word (for example ``ERR`` or ``WRONGTYPE``).
+    The message is the server's text, unchanged, unless the library put it
+    in context (a failed handshake step names the step and the address);
+    then `code` is still the server's first word.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
-        self.code = message.split(" ", 1)[0]
+        self.code = message.split(" ", 1)[0] if code is None else code
 
 
 class NoScriptError(ReplyError):

@@ -1,0 +1,228 @@
+"""Server states a provider meets in production: NOSCRIPT, LOADING, READONLY, BUSY, errors.
+
+Each state is made for real on a private server: SCRIPT FLUSH, a DEBUG
+RELOAD slowed down by the hidden `key-load-delay` setting, REPLICAOF
+another private server, a long-running script, and keys of the wrong type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import valkey
+
+from wfe_valkey import (
+    BusyError,
+    LoadingError,
+    QueueType,
+    ReadOnlyError,
+    ReplyError,
+    ValkeyLockProvider,
+    ValkeyQueueProvider,
+    WrongTypeError,
+)
+from wfe_valkey.embedded import EmbeddedValkey
+
+# DEBUG POPULATE this many keys, each loaded KEY_LOAD_DELAY_US microseconds
+# slower, so a DEBUG RELOAD keeps the server LOADING for about a second.
+LOADING_KEYS = 10_000
+KEY_LOAD_DELAY_US = 60
+
+
+class Reload(threading.Thread):
+    """Runs DEBUG RELOAD in a thread; `loading` is set once the server reports loading."""
+
+    def __init__(self, server: EmbeddedValkey) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.loading = threading.Event()
+        self.finished_at = 0.0
+
+    def run(self) -> None:
+        with valkey.Valkey(port=self.server.port) as admin:
+            admin.execute_command("DEBUG", "RELOAD")
+        self.finished_at = time.monotonic()
+
+    def start_and_wait_for_loading(self) -> None:
+        self.start()
+        with valkey.Valkey(port=self.server.port) as watcher:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    watcher.ping()
+                except valkey.exceptions.BusyLoadingError:
+                    self.loading.set()
+                    return
+                time.sleep(0.005)
+        raise AssertionError("the server never reported LOADING")
+
+
+@pytest.fixture
+def slow_loading_server(start_server: Callable[..., EmbeddedValkey]) -> EmbeddedValkey:
+    """A server whose DEBUG RELOAD keeps it LOADING for about a second."""
+    server = start_server("--enable-debug-command", "local")
+    with valkey.Valkey(port=server.port) as admin:
+        admin.execute_command("DEBUG", "POPULATE", str(LOADING_KEYS), "filler")
+        admin.config_set("key-load-delay", str(KEY_LOAD_DELAY_US))
+        admin.config_set("loading-process-events-interval-bytes", "1024")
+    return server
+
+
+async def test_release_happens_after_script_flush(
+    private_server: EmbeddedValkey, prefix: str
+) -> None:
+    locks = await ValkeyLockProvider.new(private_server.url, prefix)
+    await locks.acquire_lock("wf-1")
+
+    with valkey.Valkey(port=private_server.port) as checker:
+        checker.script_flush()
+        await locks.release_lock("wf-1")
+        assert checker.exists(f"{prefix}:lock:wf-1") == 0
+    await locks.close()
+
+
+async def test_command_during_loading_waits_until_loaded(
+    slow_loading_server: EmbeddedValkey, prefix: str
+) -> None:
+    locks = await ValkeyLockProvider.new(slow_loading_server.url, prefix, timeout=10)
+    reload = Reload(slow_loading_server)
+
+    await asyncio.to_thread(reload.start_and_wait_for_loading)
+    assert await locks.acquire_lock("wf-1") is True
+    acquired_at = time.monotonic()
+    await asyncio.to_thread(reload.join)
+
+    assert acquired_at >= reload.finished_at - 0.05
+    with valkey.Valkey(port=slow_loading_server.port) as checker:
+        assert checker.get(f"{prefix}:lock:wf-1") == locks.token.encode()
+        assert checker.dbsize() == LOADING_KEYS + 1
+    await locks.close()
+
+
+async def test_loading_past_the_timeout_raises_loading_error(
+    slow_loading_server: EmbeddedValkey, prefix: str
+) -> None:
+    queues = await ValkeyQueueProvider.new(slow_loading_server.url, prefix, timeout=0.3)
+    reload = Reload(slow_loading_server)
+    loop = asyncio.get_running_loop()
+
+    await asyncio.to_thread(reload.start_and_wait_for_loading)
+    started = loop.time()
+    with pytest.raises(LoadingError, match="loading the dataset in memory") as raised:
+        await queues.queue_work("id-1", QueueType.WORKFLOW)
+    assert loop.time() - started < 0.6
+    assert raised.value.code == "LOADING"
+    await asyncio.to_thread(reload.join)
+
+    await queues.queue_work("id-2", QueueType.WORKFLOW)
+    assert await queues.dequeue_work(QueueType.WORKFLOW) == "id-2"
+    assert await queues.dequeue_work(QueueType.WORKFLOW) is None
+    await queues.close()
+
+
+async def test_new_provider_during_loading_connects_once_loaded(
+    slow_loading_server: EmbeddedValkey, prefix: str
+) -> None:
+    reload = Reload(slow_loading_server)
+
+    await asyncio.to_thread(reload.start_and_wait_for_loading)
+    locks = await ValkeyLockProvider.new(slow_loading_server.url, prefix, connect_timeout=10)
+
+    assert await locks.acquire_lock("wf-1") is True
+    await asyncio.to_thread(reload.join)
+    await locks.close()
+
+
+async def test_write_to_replica_raises_read_only_and_reconnects(
+    start_server: Callable[..., EmbeddedValkey], prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_server()
+    primary = start_server()
+    locks = await ValkeyLockProvider.new(server.url, prefix)
+    caplog.set_level(logging.INFO, logger="wfe_valkey.connection")
+    admin = valkey.Valkey(port=server.port)
+    admin.replicaof("127.0.0.1", primary.port)
+
+    with pytest.raises(ReadOnlyError, match="READONLY") as raised:
+        await locks.acquire_lock("wf-1")
+    assert raised.value.code == "READONLY"
+    admin.replicaof("NO", "ONE")
+    assert await locks.acquire_lock("wf-1") is True
+
+    messages = [r.getMessage() for r in caplog.records if r.name == "wfe_valkey.connection"]
+    assert f"connection to 127.0.0.1:{server.port} lost: the server is a read-only replica now" in (
+        messages
+    )
+    assert any(m.startswith(f"reconnected to 127.0.0.1:{server.port}") for m in messages)
+    admin.close()
+    await locks.close()
+
+
+async def test_lock_key_holding_a_list_raises_wrong_type(
+    server_url: str, other_host: valkey.Valkey, prefix: str
+) -> None:
+    locks = await ValkeyLockProvider.new(server_url, prefix)
+    other_host.lpush(f"{prefix}:lock:wf-1", "not-a-token")
+
+    assert await locks.acquire_lock("wf-1") is False
+    with pytest.raises(WrongTypeError, match="WRONGTYPE Operation against a key") as raised:
+        await locks.release_lock("wf-1")
+    assert raised.value.code == "WRONGTYPE"
+    assert other_host.lrange(f"{prefix}:lock:wf-1", 0, -1) == [b"not-a-token"]
+    assert await locks.acquire_lock("wf-2") is True
+    await locks.close()
+
+
+async def test_queue_key_holding_a_string_raises_wrong_type(
+    queues: ValkeyQueueProvider, other_host: valkey.Valkey
+) -> None:
+    other_host.set(queues.queue_key(QueueType.EVENT), "a string")
+
+    with pytest.raises(WrongTypeError, match="WRONGTYPE"):
+        await queues.queue_work("id-1", QueueType.EVENT)
+    with pytest.raises(WrongTypeError, match="WRONGTYPE"):
+        await queues.dequeue_work(QueueType.EVENT)
+    await queues.queue_work("id-2", QueueType.INDEX)
+    assert await queues.dequeue_work(QueueType.INDEX) == "id-2"
+
+
+async def test_busy_script_raises_busy_error(private_server: EmbeddedValkey, prefix: str) -> None:
+    locks = await ValkeyLockProvider.new(private_server.url, prefix, timeout=5)
+    admin = valkey.Valkey(port=private_server.port)
+    admin.config_set("busy-reply-threshold", "100")
+
+    def run_endless_script() -> None:
+        with valkey.Valkey(port=private_server.port) as runner:
+            with pytest.raises(valkey.exceptions.ResponseError, match="killed"):
+                runner.eval("while true do end", 0)
+
+    runner = threading.Thread(target=run_endless_script, daemon=True)
+    runner.start()
+    await asyncio.sleep(0.3)
+    with pytest.raises(BusyError, match="BUSY") as raised:
+        await locks.acquire_lock("wf-1")
+    assert raised.value.code == "BUSY"
+    admin.script_kill()
+    await asyncio.to_thread(runner.join)
+
+    assert await locks.acquire_lock("wf-1") is True
+    admin.close()
+    await locks.close()
+
+
+async def test_handshake_error_keeps_the_server_code(
+    private_server: EmbeddedValkey, prefix: str
+) -> None:
+    with pytest.raises(ReplyError) as raised:
+        await ValkeyLockProvider.new(f"{private_server.url}/99", prefix)
+
+    assert type(raised.value) is ReplyError
+    assert raised.value.code == "ERR"
+    assert str(raised.value) == (
+        f"SELECT 99 failed at 127.0.0.1:{private_server.port}: ERR DB index is out of range"
+    )
