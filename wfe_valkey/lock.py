@@ -113,7 +113,7 @@ class ValkeyLockProvider(ValkeyProvider):
         without waiting. With `wait` in seconds, it retries with jittered
         backoff until the lock is taken or `wait` seconds have passed.
         """
-        if resource.__class__ is not str or not resource:
+        if resource.__class__ is not str or not resource or not resource.isascii():
             reject_id("resource", resource)
         if wait is not None:
             return await self._acquire_waiting(resource, wait)
@@ -144,7 +144,7 @@ class ValkeyLockProvider(ValkeyProvider):
         Returns `False`, changing nothing, when the lock expired or another
         holder took it.
         """
-        if resource.__class__ is not str or not resource:
+        if resource.__class__ is not str or not resource or not resource.isascii():
             reject_id("resource", resource)
         key = self._key_prefix + resource
         arguments = (1, key, self.token, self._duration_ms)
@@ -164,7 +164,7 @@ class ValkeyLockProvider(ValkeyProvider):
         `lease.lost` is set and a warning is logged; the block is not
         interrupted. Leaving the block releases the lock.
         """
-        if resource.__class__ is not str or not resource:
+        if resource.__class__ is not str or not resource or not resource.isascii():
             reject_id("resource", resource)
         if wait is not None:
             _check_wait(wait)
@@ -172,7 +172,7 @@ class ValkeyLockProvider(ValkeyProvider):
 
     async def release_lock(self, resource: str) -> None:
         """Release the lock if this provider holds it; otherwise do nothing."""
-        if resource.__class__ is not str or not resource:
+        if resource.__class__ is not str or not resource or not resource.isascii():
             reject_id("resource", resource)
         key = self._key_prefix + resource
         try:

@@ -258,7 +258,7 @@ class ValkeyQueueProvider(ValkeyProvider):
 
     async def queue_work(self, id: str, queue_type: QueueType) -> None:
         """Append `id` to the queue; the same id may be queued more than once."""
-        if id.__class__ is not str or not id:
+        if id.__class__ is not str or not id or not id.isascii():
             reject_id("id", id)
         await self._connection.execute("LPUSH", self.queue_key(queue_type), id)
 
@@ -299,7 +299,7 @@ class ValkeyQueueProvider(ValkeyProvider):
         if isinstance(ids, (str, bytes)):
             raise TypeError("ids must be a sequence of str, not a single string")
         for id in ids:
-            if id.__class__ is not str or not id:
+            if id.__class__ is not str or not id or not id.isascii():
                 reject_id("each id", id)
         if not ids:
             return
