@@ -45,13 +45,30 @@ def encode_command(args: tuple[CommandArg, ...]) -> bytes:
     """Encode one command as a RESP array of bulk strings.
 
     Strings are encoded as UTF-8. Raises `ValueError` when a string cannot
-    be encoded (a lone surrogate), before anything is sent.
+    be encoded (a lone surrogate), before anything is sent; the message
+    names the argument's position, not its value, which may be a secret.
     """
     try:
         payload: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
         return payload
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"command argument is not encodable as UTF-8: {exc.reason}") from None
+    except UnicodeEncodeError:
+        raise ValueError(_describe_unencodable(args)) from None
+
+
+def _describe_unencodable(args: tuple[CommandArg, ...]) -> str:
+    """Say which argument of a command cannot be encoded as UTF-8, and where in it."""
+    command = args[0] if args and isinstance(args[0], str) else "the command"
+    for position, arg in enumerate(args):
+        if not isinstance(arg, str):
+            continue
+        try:
+            arg.encode()
+        except UnicodeEncodeError as exc:
+            return (
+                f"argument {position} of {command} is not encodable as UTF-8: "
+                f"{exc.reason} at character {exc.start}"
+            )
+    return f"an argument of {command} is not encodable as UTF-8"
 
 
 def error_from_reply(message: str) -> ReplyError:
