@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks of wfe_valkey against other Valkey clients."""

@@ -1,0 +1,213 @@
+"""Collect the figures of one benchmark run, print them, and save them as JSON.
+
+Throughput is cycles per second over the fastest round (the round least
+disturbed by other work on the machine); the median round is kept too.
+Every goal is a ratio between clients measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+OURS = "wfe-valkey"
+GOAL_TASKS = 64
+# (peer, lowest ratio of our cycles/s to the peer's) at GOAL_TASKS tasks,
+# for the lock and the queue cycle.
+THROUGHPUT_GOALS = (
+    ("redis-py", 6.0),
+    ("valkey-glide", 3.0),
+    ("aioredis-1.3.1", 1.5),
+    ("bare-loop", 0.9),
+)
+# Our time per lock cycle for one caller, at most this times redis-py's.
+SINGLE_CALLER_GOAL = ("redis-py", 1.1)
+
+
+@dataclass
+class Measurement:
+    workload: str
+    title: str
+    tasks: int
+    client: str
+    cycles: int
+    ids_per_cycle: int
+    best_seconds: float
+    median_seconds: float
+
+    @property
+    def cycles_per_second(self) -> float:
+        return self.cycles / self.best_seconds
+
+    @property
+    def median_cycles_per_second(self) -> float:
+        return self.cycles / self.median_seconds
+
+
+@dataclass
+class ResultsBook:
+    """Everything one run measured, in the order it was measured."""
+
+    measurements: list[Measurement] = field(default_factory=list)
+    missing_peers: dict[str, str] = field(default_factory=dict)
+    peer_errors: dict[str, str] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, measurement: Measurement) -> None:
+        self.measurements.append(measurement)
+
+    def rate(self, workload: str, tasks: int, client: str) -> float | None:
+        for measurement in self.measurements:
+            if (measurement.workload, measurement.tasks, measurement.client) == (
+                workload,
+                tasks,
+                client,
+            ):
+                return measurement.cycles_per_second
+        return None
+
+    # saving
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "machine": machine_description(),
+            "command": " ".join(sys.argv),
+            "measurements": [
+                {
+                    **asdict(measurement),
+                    "cycles_per_second": measurement.cycles_per_second,
+                    "median_cycles_per_second": measurement.median_cycles_per_second,
+                }
+                for measurement in self.measurements
+            ],
+            "missing_peers": self.missing_peers,
+            "peer_errors": self.peer_errors,
+            "memory": self.memory,
+        }
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    # printing
+
+    def summary_lines(self) -> list[str]:
+        lines: list[str] = []
+        clients = _ordered_clients(self.measurements)
+        peers = [client for client in clients if client != OURS]
+        for workload, title in _ordered_workloads(self.measurements):
+            lines.append("")
+            lines.append(f"{title}: cycles/s (ratio = {OURS} / peer)")
+            header = f"{'tasks':>5}  " + "  ".join(f"{client:>22}" for client in clients)
+            lines.append(header)
+            for tasks in sorted({m.tasks for m in self.measurements if m.workload == workload}):
+                ours = self.rate(workload, tasks, OURS)
+                cells = []
+                for client in clients:
+                    rate = self.rate(workload, tasks, client)
+                    cells.append(f"{_cell(rate, ours if client in peers else None):>22}")
+                lines.append(f"{tasks:>5}  " + "  ".join(cells))
+        lines.append("")
+        lines.extend(self.goal_lines())
+        if self.memory:
+            lines.append("")
+            lines.extend(memory_lines(self.memory))
+        lines.append("")
+        for case, reason in self.peer_errors.items():
+            lines.append(f"peer failed ({case}): {reason}")
+        if self.missing_peers:
+            for peer, reason in self.missing_peers.items():
+                lines.append(f"missing peer {peer}: {reason}")
+        else:
+            lines.append("missing peers: none")
+        return lines
+
+    def goal_lines(self) -> list[str]:
+        lines = [f"goals (ratios from this run, {GOAL_TASKS} tasks unless stated):"]
+        for workload in ("lock", "queue"):
+            ours = self.rate(workload, GOAL_TASKS, OURS)
+            for peer, target in THROUGHPUT_GOALS:
+                theirs = self.rate(workload, GOAL_TASKS, peer)
+                if ours is None or theirs is None:
+                    lines.append(f"  {workload} cycles/s vs {peer}: not measured")
+                    continue
+                ratio = ours / theirs
+                verdict = "met" if ratio >= target else "MISSED"
+                lines.append(
+                    f"  {workload} cycles/s vs {peer}: {ratio:.2f}x (goal >= {target}x) {verdict}"
+                )
+        peer, limit = SINGLE_CALLER_GOAL
+        ours = self.rate("lock", 1, OURS)
+        theirs = self.rate("lock", 1, peer)
+        if ours is None or theirs is None:
+            lines.append(f"  1-task time per lock cycle vs {peer}: not measured")
+        else:
+            ratio = theirs / ours
+            verdict = "met" if ratio <= limit else "MISSED"
+            lines.append(
+                f"  1-task time per lock cycle vs {peer}: {1e6 / ours:.1f} us vs "
+                f"{1e6 / theirs:.1f} us = {ratio:.2f}x (goal <= {limit}x) {verdict}"
+            )
+        return lines
+
+
+def memory_lines(memory: dict[str, Any]) -> list[str]:
+    """Describe the slow-server memory probe's figures."""
+    mib = 1024 * 1024
+    return [
+        f"memory with {memory['commands']:,} commands queued against a stopped server:",
+        f"  written before the socket stopped taking bytes: {memory['written_commands']:,} "
+        f"commands; callers waiting for the write buffer: {memory['waiting_callers']:,}",
+        f"  client write buffer at most {memory['max_write_buffer'] / mib:.1f} MiB "
+        f"(high-water mark {memory['high_water'] / mib:.1f} MiB), unsent commands at most "
+        f"{memory['max_unsent_bytes'] / mib:.1f} MiB",
+        f"  tracemalloc peak {memory['tracemalloc_peak'] / mib:.0f} MiB "
+        f"({memory['tracemalloc_peak'] / memory['commands']:.0f} bytes per queued command, "
+        "waiting tasks included); peak RSS "
+        f"{memory['peak_rss'] / mib:.0f} MiB",
+    ]
+
+
+def machine_description() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cell(rate: float | None, ours: float | None) -> str:
+    if rate is None:
+        return "-"
+    if ours is None:
+        return f"{rate:,.0f}"
+    return f"{rate:,.0f} ({ours / rate:.2f}x)"
+
+
+def _ordered_clients(measurements: list[Measurement]) -> list[str]:
+    names = list(dict.fromkeys(m.client for m in measurements))
+    if OURS in names:
+        names.remove(OURS)
+        names.insert(0, OURS)
+    return names
+
+
+def _ordered_workloads(measurements: list[Measurement]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((m.workload, m.title) for m in measurements))
