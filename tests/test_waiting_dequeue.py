@@ -237,3 +237,35 @@ async def test_new_rejects_text_dequeue_wait(server_url: str, prefix: str) -> No
 async def test_new_rejects_zero_dequeue_connections(server_url: str, prefix: str) -> None:
     with pytest.raises(ValueError, match="dequeue_connections must be 1 or more, got 0"):
         await ValkeyQueueProvider.new(server_url, prefix, dequeue_wait=1, dequeue_connections=0)
+
+
+async def test_waiting_dequeue_on_a_cluster(prefix: str) -> None:
+    from cluster_fixtures import start_cluster
+    from valkey.cluster import ValkeyCluster
+
+    from wfe_valkey.cluster import ClusterConnection
+
+    cluster = start_cluster(primary_count=3)
+    try:
+        provider = await ValkeyQueueProvider.new(cluster.url, prefix, dequeue_wait=1.0)
+        checker = ValkeyCluster(host="127.0.0.1", port=cluster.primaries[0].port)
+        try:
+            dequeue = asyncio.create_task(provider.dequeue_work(QueueType.EVENT))
+            await asyncio.sleep(0.2)
+            checker.lpush(f"{prefix}:queue:event", "event-1")
+            async with asyncio.timeout(2):
+                taken = await dequeue
+            waiting_kind = type(provider._waiting._idle[0])  # type: ignore[union-attr]
+            unblocks = provider._waiting.can_unblock  # type: ignore[union-attr]
+            await provider.queue_work("wf-1", QueueType.WORKFLOW)
+            second = await provider.dequeue_work(QueueType.WORKFLOW)
+        finally:
+            checker.close()
+            await provider.close()
+    finally:
+        cluster.stop()
+
+    assert taken == "event-1"
+    assert second == "wf-1"
+    assert waiting_kind is ClusterConnection
+    assert unblocks is False

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Self
 
 from ._provider import ValkeyProvider, check_prefix, open_connection, reject_id
-from .config import ConnectionSettings
+from .cluster import ClusterConnection
 from .connection import Connection
 from .contracts import QueueType
 from .errors import ValkeyConnectionError, ValkeyError
@@ -48,18 +48,29 @@ class WaitingDequeues:
     A caller cancelled while its pop waits leaves the pop running on the
     server. The pool then sends ``CLIENT UNBLOCK`` and, if the pop still
     took an id, hands the reply to `put_back` so the id is not lost.
+
+    `open_connection` opens one pooled connection, of the same kind as the
+    provider's (plain, Sentinel or cluster). On a cluster, `can_unblock` is
+    `False`, because a CLIENT ID would come from any node rather than the
+    node running the pop. Closing and cancelling then wait for the pop to
+    end by itself, up to `wait`.
     """
 
     def __init__(
-        self, settings: ConnectionSettings, wait: float, size: int, client_name: str
+        self,
+        open_connection: Callable[[], Awaitable[Connection]],
+        wait: float,
+        size: int,
+        can_unblock: bool,
+        address: str,
     ) -> None:
-        timeout = None if settings.timeout is None else settings.timeout + wait
-        self.settings = dataclasses.replace(settings, timeout=timeout)
         self.wait = wait
         self.size = size
-        self._client_name = client_name
+        self.can_unblock = can_unblock
+        self._open_connection = open_connection
+        self._address = address
         self._idle: list[Connection] = []
-        self._busy: dict[Connection, asyncio.Future[Any]] = {}
+        self._busy: dict[Connection, asyncio.Future[Any] | None] = {}
         self._slots = asyncio.Semaphore(size)
         self._recoveries: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -87,8 +98,10 @@ class WaitingDequeues:
             self._slots.release()
             raise
 
-        client_id = asyncio.ensure_future(connection.execute("CLIENT", "ID"))
-        client_id.add_done_callback(_retrieve_failure)
+        client_id: asyncio.Future[Any] | None = None
+        if self.can_unblock:
+            client_id = asyncio.ensure_future(connection.execute("CLIENT", "ID"))
+            client_id.add_done_callback(_retrieve_failure)
         reply = asyncio.ensure_future(connection.execute(*command))
         self._busy[connection] = client_id
         try:
@@ -113,7 +126,8 @@ class WaitingDequeues:
         """
         self.closed = True
         for client_id in list(self._busy.values()):
-            await _unblock(shared, client_id)
+            if client_id is not None:
+                await _unblock(shared, client_id)
         if self._recoveries:
             await asyncio.gather(*self._recoveries, return_exceptions=True)
         connections = self._idle + list(self._busy)
@@ -124,13 +138,13 @@ class WaitingDequeues:
     async def _checkout(self) -> Connection:
         """Take an idle connection, or open a new one."""
         if self.closed:
-            raise ValkeyConnectionError(f"queue provider for {self.settings.address} is closed")
+            raise ValkeyConnectionError(f"queue provider for {self._address} is closed")
         if self._idle:
             return self._idle.pop()
-        connection = await Connection.open(self.settings, self._client_name)
+        connection = await self._open_connection()
         if self.closed:
             await connection.close()
-            raise ValkeyConnectionError(f"queue provider for {self.settings.address} is closed")
+            raise ValkeyConnectionError(f"queue provider for {self._address} is closed")
         return connection
 
     def _checkin(self, connection: Connection) -> None:
@@ -143,14 +157,14 @@ class WaitingDequeues:
     async def _recover(
         self,
         connection: Connection,
-        client_id: asyncio.Future[Any],
+        client_id: asyncio.Future[Any] | None,
         reply: asyncio.Future[Any],
         shared: Connection,
         put_back: Callable[[Any], Awaitable[object]],
     ) -> None:
         """Unblock a pop whose caller was cancelled; put back an id it still took."""
         try:
-            if not reply.done():
+            if not reply.done() and client_id is not None:
                 await _unblock(shared, client_id)
             try:
                 result = await reply
@@ -197,6 +211,8 @@ class ValkeyQueueProvider(ValkeyProvider):
         self._keys = {queue_type: f"{prefix}:queue:{queue_type.value}" for queue_type in QueueType}
         self.dequeue_wait = _check_dequeue_wait(dequeue_wait)
         self.dequeue_connections = _check_connection_count(dequeue_connections)
+        self._url: str | None = None
+        self._options: dict[str, Any] = {}
         self._waiting = self._new_pool()
 
     @classmethod
@@ -221,7 +237,9 @@ class ValkeyQueueProvider(ValkeyProvider):
         _check_dequeue_wait(dequeue_wait)
         _check_connection_count(dequeue_connections)
         connection = await open_connection(url, options, cls.client_name)
-        return cls(connection, prefix, dequeue_wait, dequeue_connections)
+        provider = cls(connection, prefix, dequeue_wait, dequeue_connections)
+        provider._remember_url(url, options)
+        return provider
 
     async def start(self) -> None:
         """Open the connection again if `stop()` closed it; idempotent."""
@@ -239,15 +257,33 @@ class ValkeyQueueProvider(ValkeyProvider):
         """End waiting dequeues and close every connection; the same as `stop()`."""
         await self.stop()
 
+    def _remember_url(self, url: str, options: dict[str, Any]) -> None:
+        """Keep what `new()` connected with, to open waiting connections alike."""
+        self._url = url
+        self._options = dict(options)
+
     def _new_pool(self) -> WaitingDequeues | None:
         if self.dequeue_wait is None:
             return None
         return WaitingDequeues(
-            self.settings,
+            self._open_waiting_connection,
             self.dequeue_wait,
             self.dequeue_connections,
-            f"{self.client_name}-wait",
+            can_unblock=not isinstance(self._connection, ClusterConnection),
+            address=self.settings.address,
         )
+
+    async def _open_waiting_connection(self) -> Connection:
+        """Open a connection like the shared one, with a timeout longer by the wait."""
+        assert self.dequeue_wait is not None
+        timeout = self.settings.timeout
+        longer = None if timeout is None else timeout + self.dequeue_wait
+        client_name = f"{self.client_name}-wait"
+        if self._url is None:
+            settings = dataclasses.replace(self.settings, timeout=longer)
+            return await Connection.open(settings, client_name)
+        options = {**self._options, "timeout": longer}
+        return await open_connection(self._url, options, client_name)
 
     def queue_key(self, queue_type: QueueType) -> str:
         """The list key that holds the queue of `queue_type`."""

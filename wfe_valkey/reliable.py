@@ -192,6 +192,7 @@ class ReliableQueueProvider(ValkeyQueueProvider):
             dequeue_wait,
             dequeue_connections,
         )
+        provider._remember_url(url, options)
         try:
             await provider._start_heartbeat()
         except BaseException:
