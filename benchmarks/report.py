@@ -156,21 +156,30 @@ class ResultsBook:
         return lines
 
 
-def memory_lines(memory: dict[str, Any]) -> list[str]:
-    """Describe the slow-server memory probe's figures."""
+def memory_lines(memory: dict[str, dict[str, Any]]) -> list[str]:
+    """Describe the stopped-server memory probe's figures, one block per client."""
     mib = 1024 * 1024
-    return [
-        f"memory with {memory['commands']:,} commands queued against a stopped server:",
-        f"  written before the socket stopped taking bytes: {memory['written_commands']:,} "
-        f"commands; callers waiting for the write buffer: {memory['waiting_callers']:,}",
-        f"  client write buffer at most {memory['max_write_buffer'] / mib:.1f} MiB "
-        f"(high-water mark {memory['high_water'] / mib:.1f} MiB), unsent commands at most "
-        f"{memory['max_unsent_bytes'] / mib:.1f} MiB",
-        f"  tracemalloc peak {memory['tracemalloc_peak'] / mib:.0f} MiB "
-        f"({memory['tracemalloc_peak'] / memory['commands']:.0f} bytes per queued command, "
-        "waiting tasks included); peak RSS "
-        f"{memory['peak_rss'] / mib:.0f} MiB",
-    ]
+    lines = []
+    for client, result in memory.items():
+        commands = result["commands"]
+        growth = result["peak_rss"] - result["rss_before"]
+        lines.append(f"{client}: {commands:,} commands issued against a stopped server")
+        lines.append(
+            f"  {result['written_commands']:,} went to the socket before it stopped taking "
+            f"bytes; {result['waiting_callers']:,} callers wait to write"
+        )
+        lines.append(
+            f"  largest write buffer {result['max_write_buffer'] / mib:.1f} MiB "
+            f"(wfe-valkey's high-water mark: {result['high_water'] / mib:.1f} MiB)"
+        )
+        lines.append(
+            f"  peak RSS {result['peak_rss'] / mib:,.0f} MiB, "
+            f"{growth / mib:,.0f} MiB above the start: {growth / commands:,.0f} bytes "
+            "per waiting caller, its own task included"
+        )
+        if "tracemalloc_peak" in result:
+            lines.append(f"  tracemalloc peak {result['tracemalloc_peak'] / mib:,.0f} MiB")
+    return lines
 
 
 def machine_description() -> dict[str, Any]:
