@@ -374,16 +374,24 @@ def start_sentinels(
 class QueueTraffic:
     """A producer and a consumer on one queue that record every outcome and its time.
 
-    The producer queues ``{label}-0``, ``{label}-1``, ... one after another;
-    the consumer takes ids until stopped. Errors are recorded, not raised,
-    so a failover shows up as a list of timed errors and a gap in the
-    successes.
+    The producer queues ``{label}-0``, ``{label}-1``, ... one every 2 ms;
+    the consumer takes one every `take_interval` seconds until stopped, so
+    a longer interval keeps a backlog in the queue. Errors are recorded,
+    not raised, so a failover shows up as a list of timed errors and a gap
+    in the successes.
     """
 
-    def __init__(self, queues: ValkeyQueueProvider, queue_type: QueueType, label: str) -> None:
+    def __init__(
+        self,
+        queues: ValkeyQueueProvider,
+        queue_type: QueueType,
+        label: str,
+        take_interval: float = 0.002,
+    ) -> None:
         self.queues = queues
         self.queue_type = queue_type
         self.label = label
+        self.take_interval = take_interval
         self.queued: list[str] = []
         self.unconfirmed: list[str] = []
         self.taken: list[str] = []
@@ -398,10 +406,14 @@ class QueueTraffic:
             asyncio.create_task(self._consume()),
         ]
 
-    async def stop(self) -> None:
-        """Stop both loops, then take every id still in the queue."""
+    async def halt(self) -> None:
+        """Stop both loops; idempotent."""
         self._stopping.set()
         await asyncio.gather(*self._tasks)
+
+    async def stop(self) -> None:
+        """Stop both loops, then take every id still in the queue."""
+        await self.halt()
         for _ in range(100_000):
             left = await self.queues.dequeue_work(self.queue_type)
             if left is None:
@@ -431,12 +443,10 @@ class QueueTraffic:
                 work_id = await self.queues.dequeue_work(self.queue_type)
             except ValkeyError as exc:
                 self.errors.append((loop.time(), "dequeue_work", type(exc).__name__))
-                await asyncio.sleep(0.002)
-                continue
-            if work_id is None:
-                await asyncio.sleep(0.002)
             else:
-                self.taken.append(work_id)
+                if work_id is not None:
+                    self.taken.append(work_id)
+            await asyncio.sleep(self.take_interval)
 
     def queued_after(self, moment: float) -> int:
         """How many ids were queued successfully after `moment` (loop time)."""

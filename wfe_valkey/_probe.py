@@ -33,7 +33,7 @@ async def query(
     server cannot be reached or drops the socket, and `ValkeyTimeoutError`
     when everything takes longer than `timeout` seconds.
     """
-    auth = _auth_command(settings)
+    auth = auth_commands(settings)
     to_send = [*auth, *commands]
     try:
         async with asyncio.timeout(timeout):
@@ -53,7 +53,17 @@ async def query(
     return replies[len(auth) :]
 
 
-def _auth_command(settings: ConnectionSettings) -> list[tuple[CommandArg, ...]]:
+async def open_stream(
+    settings: ConnectionSettings,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a TCP, TLS or Unix socket stream to the server of `settings`."""
+    if settings.unix_path is not None:
+        return await asyncio.open_unix_connection(settings.unix_path)
+    ssl_context = settings.tls.create_context() if settings.tls else None
+    return await asyncio.open_connection(settings.host, settings.port, ssl=ssl_context)
+
+
+def auth_commands(settings: ConnectionSettings) -> list[tuple[CommandArg, ...]]:
     """Return the AUTH command for the settings' credentials, if any."""
     if settings.password is None:
         return []
@@ -66,13 +76,7 @@ async def _exchange(
     settings: ConnectionSettings, commands: Sequence[tuple[CommandArg, ...]]
 ) -> list[Any]:
     """Open the stream, write every command, read as many replies, close."""
-    if settings.unix_path is not None:
-        reader, writer = await asyncio.open_unix_connection(settings.unix_path)
-    else:
-        ssl_context = settings.tls.create_context() if settings.tls else None
-        reader, writer = await asyncio.open_connection(
-            settings.host, settings.port, ssl=ssl_context
-        )
+    reader, writer = await open_stream(settings)
     try:
         writer.write(b"".join(encode_command(command) for command in commands))
         parser = ReplyParser()

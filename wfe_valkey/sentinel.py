@@ -15,10 +15,19 @@ credentials otherwise.
 Plan: `SentinelConnection` is a `Connection` whose target is looked up
 before every connect. It asks the sentinels in turn with SENTINEL
 GET-MASTER-ADDR-BY-NAME, connects to the address returned, and checks with
-ROLE that the node is a primary. The connection drops its socket on a
-READONLY reply and when the server goes away (a failover demotes the old
-primary and Sentinel disconnects its clients), and every reconnect asks
-the sentinels again, so the connection follows the primary.
+ROLE that the node is a primary. Every reconnect asks the sentinels again.
+The socket drops, and so the connection moves, in three cases: the server
+goes away; it replies READONLY because it was demoted; or a sentinel
+announces a new primary. The last case matters after ``SENTINEL FAILOVER``
+without COORDINATED: the old primary keeps accepting writes until Sentinel
+demotes it (about ten seconds later with Valkey 9.1), and those writes are
+lost when it resynchronizes. One background task per sentinel stays
+subscribed to two announcements: ``+failover-state-send-slaveof-noone``,
+which the failover leader publishes as it promotes a replica, and
+``+switch-master``, which every sentinel publishes once the failover ends.
+After either, the next connect goes to the announced node for
+`ANNOUNCEMENT_TRUST` seconds without asking the sentinels, which still
+name the old primary until the switch.
 
 Known limits: only the sentinels named in the URL are asked; sentinels
 added later are not discovered. A sentinel that answers first is asked
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -36,9 +46,9 @@ from urllib.parse import unquote
 
 from . import _probe
 from .config import DEFAULT_CONNECT_TIMEOUT, ConnectionSettings, parse_url
-from .connection import Connection
+from .connection import BACKOFF_BASE, BACKOFF_CAP, Connection, State
 from .errors import InvalidURLError, ReplyError, ValkeyConnectionError, ValkeyError
-from .resp import encode_command
+from .resp import ReplyParser, encode_command
 
 if TYPE_CHECKING:
     from .connection import _Wire
@@ -58,6 +68,28 @@ SENTINEL_OPTIONS: Final = ("sentinel_username", "sentinel_password")
 # primary; opening retries this often, in seconds, until the connect
 # timeout ends.
 OPEN_RETRY_DELAY: Final = 0.1
+
+# The channels on which a sentinel announces a new primary. Messages:
+# "<service> <old host> <old port> <new host> <new port>" on the first, and
+# "slave <host>:<port> <host> <port> @ <service> <old host> <old port>" on
+# the second, published by the failover leader as it promotes the replica.
+SWITCH_CHANNEL: Final = "+switch-master"
+PROMOTION_CHANNEL: Final = "+failover-state-send-slaveof-noone"
+
+# How long, in seconds, an announced primary is connected to without asking
+# the sentinels. A failover that fails to promote the announced replica
+# delays reconnects for at most this long.
+ANNOUNCEMENT_TRUST: Final = 5.0
+
+# A watched sentinel that sent nothing for this many seconds gets a PING;
+# without a reply within as many seconds again, the next sentinel is
+# watched instead.
+WATCH_PING_INTERVAL: Final = 5.0
+
+# While leaving a primary, how often to check whether every written command
+# has its reply, in seconds.
+DRAIN_POLL_INTERVAL: Final = 0.002
+READ_SIZE: Final = 65536
 
 
 @dataclass(frozen=True)
@@ -204,6 +236,9 @@ class SentinelConnection(Connection):
         self.sentinel = sentinel
         self._template = settings
         self._sentinels = list(sentinel.sentinels)
+        self._announced: tuple[ConnectionSettings, float] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+        self._leaving: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -226,6 +261,10 @@ class SentinelConnection(Connection):
         connection = cls(settings, client_name, sentinel)
         connection._scripts.update(scripts)
         await connection._connect_until_primary()
+        connection._watchers = [
+            connection._loop.create_task(connection._watch(sentinel))
+            for sentinel in sentinel.sentinels
+        ]
         logger.info(
             "connected to %s, primary of %r, as %s",
             connection.settings.address,
@@ -258,7 +297,22 @@ class SentinelConnection(Connection):
             await asyncio.sleep(OPEN_RETRY_DELAY)
 
     async def _resolve_target(self) -> ConnectionSettings:
-        """Ask the sentinels, in turn, for the current primary's address."""
+        """Return the announced primary, or ask the sentinels; it becomes `settings`."""
+        announced = self._announced
+        if announced is not None and self._loop.time() < announced[1]:
+            target = announced[0]
+        else:
+            self._announced = None
+            target = await self._ask_sentinels()
+        if target.address != self.settings.address:
+            logger.info(
+                "sentinels name %s as primary of %r", target.address, self.sentinel.service_name
+            )
+        self.settings = target
+        return target
+
+    async def _ask_sentinels(self) -> ConnectionSettings:
+        """Ask the sentinels in turn for the primary's address; the first answer wins."""
         name = self.sentinel.service_name
         timeout = self.settings.connect_timeout or DEFAULT_CONNECT_TIMEOUT
         failures: list[str] = []
@@ -277,13 +331,7 @@ class SentinelConnection(Connection):
             if index:
                 self._sentinels.insert(0, self._sentinels.pop(index))
             host = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            target = self._template.with_address(host, int(reply[1]))
-            if target.address != self.settings.address:
-                logger.info(
-                    "sentinel %s names %s as primary of %r", sentinel.address, target.address, name
-                )
-            self.settings = target
-            return target
+            return self._template.with_address(host, int(reply[1]))
         raise ValkeyConnectionError(
             f"no sentinel returned the primary of {name!r}: " + "; ".join(failures)
         )
@@ -307,11 +355,160 @@ class SentinelConnection(Connection):
             )
             return
         if not isinstance(role, list) or not role or role[0] != b"master":
-            found = role[0].decode() if isinstance(role, list) and role else repr(role)
+            found = _role_name(role)
             raise NotPrimaryError(
                 f"{self.settings.address}, named by the sentinels as primary of "
                 f"{self.sentinel.service_name!r}, is a {found}; asking again"
             )
+
+    # following announcements
+
+    async def _watch(self, sentinel: ConnectionSettings) -> None:
+        """Listen for new-primary announcements of one sentinel until closed."""
+        failures = 0
+        while self.state is not State.CLOSED:
+            started = self._loop.time()
+            try:
+                await self._listen(sentinel)
+            except (ValkeyError, OSError, TimeoutError) as exc:
+                logger.debug("stopped listening to sentinel %s: %s", sentinel.address, exc)
+            except Exception:
+                # A defect, but giving up would stop following failovers.
+                logger.exception("listening to sentinel %s failed", sentinel.address)
+            # A subscription that lasted a while was a success: back off from
+            # the start again.
+            if self._loop.time() - started > BACKOFF_CAP:
+                failures = 0
+            failures += 1
+            exponent = min(failures, 10)
+            await asyncio.sleep(
+                min(BACKOFF_CAP, BACKOFF_BASE * 2**exponent) * random.uniform(0.5, 1.0)
+            )
+
+    async def _listen(self, sentinel: ConnectionSettings) -> None:
+        """Subscribe to the announcements on `sentinel` and act on every message."""
+        timeout = sentinel.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        async with asyncio.timeout(timeout):
+            reader, writer = await _probe.open_stream(sentinel)
+        try:
+            parser = ReplyParser()
+            commands = [
+                *_probe.auth_commands(sentinel),
+                ("SUBSCRIBE", SWITCH_CHANNEL, PROMOTION_CHANNEL),
+            ]
+            writer.write(b"".join(encode_command(command) for command in commands))
+            confirmed = 0
+            async with asyncio.timeout(timeout):
+                while confirmed < 2:
+                    confirmed += self._feed(parser, await reader.read(READ_SIZE), sentinel)
+            await self._check_primary(sentinel)
+            while True:
+                self._feed(parser, await self._read_or_ping(reader, writer), sentinel)
+        finally:
+            writer.close()
+
+    async def _read_or_ping(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes:
+        """Read what the sentinel sends; PING it after WATCH_PING_INTERVAL of silence."""
+        try:
+            async with asyncio.timeout(WATCH_PING_INTERVAL):
+                return await reader.read(READ_SIZE)
+        except TimeoutError:
+            writer.write(encode_command(("PING",)))
+        async with asyncio.timeout(WATCH_PING_INTERVAL):
+            return await reader.read(READ_SIZE)
+
+    def _feed(self, parser: ReplyParser, data: bytes, sentinel: ConnectionSettings) -> int:
+        """Act on the replies in `data`; return how many subscriptions they confirm."""
+        if not data:
+            raise ValkeyConnectionError(f"sentinel {sentinel.address} closed the socket")
+        confirmed = 0
+        for reply in parser.parse(data):
+            if isinstance(reply, ReplyError):
+                raise reply
+            if not isinstance(reply, list) or len(reply) < 3:
+                continue
+            if reply[0] == b"subscribe":
+                confirmed += 1
+            elif reply[0] == b"message" and isinstance(reply[2], bytes):
+                self._on_announcement(reply[1], reply[2].decode(errors="replace"), sentinel)
+        return confirmed
+
+    def _on_announcement(self, channel: bytes, message: str, sentinel: ConnectionSettings) -> None:
+        """Move to the primary that a switch or promotion names, if it is our service's."""
+        fields = message.split()
+        service = self.sentinel.service_name
+        if channel == SWITCH_CHANNEL.encode() and len(fields) == 5 and fields[0] == service:
+            host, port_word = fields[3], fields[4]
+        elif channel == PROMOTION_CHANNEL.encode() and len(fields) == 8 and fields[5] == service:
+            host, port_word = fields[2], fields[3]
+        else:
+            return
+        target = self._template.with_address(host, int(port_word))
+        self._announced = (target, self._loop.time() + ANNOUNCEMENT_TRUST)
+        if target.address != self.settings.address:
+            logger.info(
+                "sentinel %s announced %s as primary of %r; leaving %s",
+                sentinel.address,
+                target.address,
+                service,
+                self.settings.address,
+            )
+            self._drop_socket(f"{target.address} is the primary now")
+
+    async def _check_primary(self, sentinel: ConnectionSettings) -> None:
+        """Ask `sentinel` once; drop the socket if it names another primary.
+
+        This catches a switch announced while no subscription was active.
+        """
+        timeout = sentinel.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        name = self.sentinel.service_name
+        [reply] = await _probe.query(
+            sentinel, [("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)], timeout
+        )
+        if not isinstance(reply, list) or len(reply) != 2 or self._announced is not None:
+            return
+        host = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        address = self._template.with_address(host, int(reply[1])).address
+        if address != self.settings.address:
+            self._drop_socket(f"sentinel {sentinel.address} names {address} as primary now")
+
+    def _drop_socket(self, reason: str) -> None:
+        """Leave the current socket, so that the connection reconnects and asks again.
+
+        Commands issued from now on wait for the next socket. Commands
+        already written get their replies first: aborting them would fail
+        them with `ConnectionLostError`, and a lost RPOP reply loses an id.
+        """
+        wire = self._wire
+        if wire is None or self.state is not State.READY:
+            return
+        self.state = State.RECONNECTING
+        task = self._loop.create_task(self._abort_when_answered(wire, reason))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    async def _abort_when_answered(self, wire: _Wire, reason: str) -> None:
+        """Abort `wire` once it has no reply pending, or when the command timeout ends."""
+        deadline = self._loop.time() + (self.settings.timeout or DEFAULT_CONNECT_TIMEOUT)
+        while wire.pending_count and not wire.lost and self._loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_INTERVAL)
+        wire.abort(reason)
+
+    async def close(self) -> None:
+        """Stop listening to the sentinels and close the connection; idempotent."""
+        for watcher in self._watchers:
+            watcher.cancel()
+        await super().close()
+
+
+def _role_name(role: Any) -> str:
+    """Name the role in a ROLE reply in today's terms (``slave`` is a replica)."""
+    if not isinstance(role, list) or not role or not isinstance(role[0], bytes):
+        return f"node that replied {role!r} to ROLE"
+    name = role[0].decode(errors="replace")
+    return "replica" if name == "slave" else name
 
 
 async def open_sentinel_connection(
