@@ -513,7 +513,7 @@ async def test_primary_killed_replica_takes_over(
     queues, _ = failover_queues
     doomed = cluster.primaries[0]
     replica = cluster.replicas[0]
-    affected = QueueTraffic(queues, QueueType.WORKFLOW, "wf")
+    affected = QueueTraffic(queues, QueueType.WORKFLOW, "wf", take_interval=0.004)
     elsewhere = QueueTraffic(queues, QueueType.EVENT, "ev")
     loop = asyncio.get_running_loop()
     affected.start()
@@ -529,6 +529,8 @@ async def test_primary_killed_replica_takes_over(
     deadline = time.monotonic() + 30
     while affected.queued_after(promoted_at) < 100 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    await affected.halt()
+    taken_before_drain = len(affected.taken)
     await affected.stop()
     await elsewhere.stop()
 
@@ -537,6 +539,7 @@ async def test_primary_killed_replica_takes_over(
         "promoted_after_s": round(promoted_at - killed_at, 3),
         "affected": affected.report(killed_at),
         "elsewhere": elsewhere.report(killed_at),
+        "backlog_at_end": len(affected.taken) - taken_before_drain,
         "acknowledged_but_lost": len(set(affected.queued) - set(affected.taken)),
     }
     print("CLUSTER FAILOVER", json.dumps(report))

@@ -319,9 +319,10 @@ async def run_through_failover(
 async def test_sentinel_failover_moves_the_providers(
     own_sentinels: SentinelDeployment, traffic: QueueTraffic
 ) -> None:
-    # Without COORDINATED the old primary takes writes until Sentinel
-    # announces the switch, so ids may be lost or taken twice; the report
-    # counts them, and only the move itself is asserted.
+    # Without COORDINATED the old primary accepts writes until Sentinel
+    # demotes it, so a few ids written in the instant of the promotion may
+    # be lost or taken twice. The report counts them, and only the move
+    # itself is asserted.
     await run_through_failover(own_sentinels, traffic, "plain")
 
 

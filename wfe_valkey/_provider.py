@@ -77,8 +77,9 @@ async def open_connection(
     A Sentinel URL gives a `SentinelConnection` to the service's primary. A
     server in cluster mode gives a `ClusterConnection` that routes each
     command to its slot's primary, unless the ``cluster`` option (in the
-    URL or as a keyword) is off; ``cluster=yes`` makes a server that is not
-    a cluster node an error. Any other server gives a plain `Connection`.
+    URL or as a keyword) is ``no``. With ``cluster=yes``, a server that is
+    not a cluster node raises `ValkeyConnectionError`. Any other server
+    gives a plain `Connection`.
     """
     scripts = list(scripts)
     url, options, cluster = take_cluster_option(url, options)

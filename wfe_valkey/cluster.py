@@ -10,9 +10,11 @@ Goals:
 - The slot map follows the cluster. MOVED updates the slot and the command
   is sent again where the reply points; ASK sends ASKING and the command
   in one write to the importing node, once; TRYAGAIN and CLUSTERDOWN are
-  retried with backoff until the command timeout ends. When a primary
-  cannot be reached, the slot map is fetched again (at most once per
-  `REFRESH_INTERVAL`) until a replica has taken over its slots.
+  retried with backoff until the command timeout ends. While a primary
+  cannot be reached, commands for its slots wait and the slot map is
+  fetched again, at most once per `REFRESH_INTERVAL`, so they go to the
+  replica that takes over. They fail when the command timeout ends first;
+  with the timeout off, retries stop after `DEFAULT_TIMEOUT` seconds.
 
 Plan: `ClusterConnection` keeps the slot map as two lists of 16384
 entries (owner address, and that owner's connection) and a dictionary of

@@ -76,9 +76,9 @@ OPEN_RETRY_DELAY: Final = 0.1
 SWITCH_CHANNEL: Final = "+switch-master"
 PROMOTION_CHANNEL: Final = "+failover-state-send-slaveof-noone"
 
-# How long, in seconds, an announced primary is connected to without asking
-# the sentinels. A failover that fails to promote the announced replica
-# delays reconnects for at most this long.
+# Time, in seconds, during which reconnects go to an announced primary
+# without querying the sentinels. A failover that fails to promote the
+# announced replica delays reconnects for at most this long.
 ANNOUNCEMENT_TRUST: Final = 5.0
 
 # A watched sentinel that sent nothing for this many seconds gets a PING;
@@ -94,7 +94,7 @@ READ_SIZE: Final = 65536
 
 @dataclass(frozen=True)
 class SentinelSettings:
-    """Which sentinels to ask, and for which service."""
+    """The sentinels to query, and the service they monitor."""
 
     service_name: str
     sentinels: tuple[ConnectionSettings, ...] = field(repr=False)
@@ -312,7 +312,7 @@ class SentinelConnection(Connection):
         return target
 
     async def _ask_sentinels(self) -> ConnectionSettings:
-        """Ask the sentinels in turn for the primary's address; the first answer wins."""
+        """Query the sentinels in turn for the primary's address; the first reply wins."""
         name = self.sentinel.service_name
         timeout = self.settings.connect_timeout or DEFAULT_CONNECT_TIMEOUT
         failures: list[str] = []
@@ -475,7 +475,7 @@ class SentinelConnection(Connection):
             self._drop_socket(f"sentinel {sentinel.address} names {address} as primary now")
 
     def _drop_socket(self, reason: str) -> None:
-        """Leave the current socket, so that the connection reconnects and asks again.
+        """Leave the current socket, so that the connection reconnects to the new primary.
 
         Commands issued from now on wait for the next socket. Commands
         already written get their replies first: aborting them would fail

@@ -2,9 +2,9 @@
 
 Valkey Cluster splits the key space into 16384 slots. A key's slot is the
 CRC16 (the XMODEM variant: polynomial 0x1021, initial value 0) of the key,
-modulo 16384. When the key contains a hash tag, a ``{`` followed later by a
-``}`` with at least one byte between them, only the bytes between the first
-``{`` and the first ``}`` after it are hashed, so ``{user1}:a`` and
+modulo 16384. A hash tag is a ``{`` followed later by a ``}`` with at least
+one byte between them. When a key contains one, only the bytes between the
+first ``{`` and the first ``}`` after it are hashed, so ``{user1}:a`` and
 ``{user1}:b`` share a slot.
 
 `route` tells the cluster connection where a command must go: to the
@@ -25,7 +25,7 @@ SLOT_COUNT: Final = 16384
 
 
 class Target(enum.Enum):
-    """Where a command without one key's slot goes."""
+    """The destination of a command that no single key routes."""
 
     ANY_NODE = "any node"
     EVERY_PRIMARY = "every primary"
