@@ -1,6 +1,6 @@
 """Collect the figures of one benchmark run, print them, and save them as JSON.
 
-Throughput is cycles per second over the fastest round (the round least
+Throughput is cycles per second in the fastest of the rounds (the round least
 disturbed by other work on the machine); the median round is kept too.
 Every goal is a ratio between clients measured in the same run.
 """

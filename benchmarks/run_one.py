@@ -3,8 +3,9 @@
     python -m benchmarks.run_one --client wfe-valkey --workload lock --tasks 64 \\
         --cycles 200000
 
-starts a private server (or uses --url), runs the cycles once as a warm-up
-of a tenth of them and then in full, and prints cycles/s. Wrap it in a
+starts a private server (or uses --url), runs a tenth of the cycles as a
+warm-up and then all of them, and prints cycles/s and the CPU time this
+process spent per cycle. Wrap it in a
 profiler to see where the time goes, for example
 ``pyinstrument -m benchmarks.run_one ...`` or
 ``py-spy record -o lock.svg -- python -m benchmarks.run_one ...``.
@@ -23,8 +24,10 @@ from .clients import CLIENTS, OURS_NAME, open_client
 from .workloads import WORKLOADS
 
 
-async def run(url: str, client_name: str, workload_name: str, tasks: int, cycles: int) -> float:
-    """Return the cycles/s of one full run after a warm-up."""
+async def run(
+    url: str, client_name: str, workload_name: str, tasks: int, cycles: int
+) -> tuple[float, float]:
+    """Return the cycles/s and this process's CPU seconds per cycle, after a warm-up."""
     workload = next(w for w in WORKLOADS if w.name == workload_name)
     per_task = max(1, cycles // tasks)
     client = await open_client(client_name, url, f"bench-{uuid.uuid4().hex[:8]}")
@@ -34,13 +37,16 @@ async def run(url: str, client_name: str, workload_name: str, tasks: int, cycles
         await workload.run(client, tasks, warm_up)
         await workload.prepare(client, per_task * tasks)
         started = time.perf_counter()
+        cpu_started = time.process_time()
         failures = await workload.run(client, tasks, per_task)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     finally:
         await client.close()
     if failures:
         raise SystemExit(f"{failures} cycles failed")
-    return per_task * tasks / elapsed
+    total = per_task * tasks
+    return total / elapsed, cpu / total
 
 
 def main() -> None:
@@ -52,18 +58,19 @@ def main() -> None:
     parser.add_argument("--url", help="server to use instead of a private one")
     arguments = parser.parse_args()
 
-    def measure(url: str) -> float:
+    def measure(url: str) -> tuple[float, float]:
         return asyncio.run(
             run(url, arguments.client, arguments.workload, arguments.tasks, arguments.cycles)
         )
 
     if arguments.url:
-        rate = measure(arguments.url)
+        rate, cpu = measure(arguments.url)
     else:
         with EmbeddedValkey() as server:
-            rate = measure(server.url)
+            rate, cpu = measure(server.url)
     print(
-        f"{arguments.client} {arguments.workload} at {arguments.tasks} tasks: {rate:,.0f} cycles/s"
+        f"{arguments.client} {arguments.workload} at {arguments.tasks} tasks: "
+        f"{rate:,.0f} cycles/s, client CPU {cpu * 1e6:.2f} us per cycle"
     )
 
 

@@ -19,7 +19,7 @@ from .clients import CLIENTS, OURS_NAME, open_client
 from .report import Measurement, ResultsBook
 from .workloads import BATCH, CONCURRENCY, HOST, LOCK, PUBLISH, QUEUE, Workload
 
-ROUNDS = 3
+ROUNDS = 5
 
 CASES = [
     pytest.param(tasks, client, id=f"{tasks}-tasks-{client}")
