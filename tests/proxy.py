@@ -35,6 +35,7 @@ class DelayingProxy:
         self._random = random.Random(seed)
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._reading = asyncio.Event()
         self._reading.set()
 
@@ -56,6 +57,7 @@ class DelayingProxy:
         self.cut()
         for link in list(self._links):
             await link.finished()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     def cut(self) -> int:
         """Reset every open connection at once; return how many were cut."""
@@ -79,6 +81,10 @@ class DelayingProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections_accepted += 1
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
         try:
             target_reader, target_writer = await asyncio.open_connection(
                 "127.0.0.1", self.target_port

@@ -66,10 +66,13 @@ LOADING_RETRY_DELAY: Final = 0.1
 
 # Once the socket's write buffer holds more than this many bytes (the
 # server is not reading), new commands wait until it drains below
-# WRITE_LOW_WATER. The bound on memory is the high-water mark plus the
-# commands issued in one event-loop turn.
+# WRITE_LOW_WATER. Commands of one event-loop turn are written as soon as
+# they add up to EARLY_FLUSH_BYTES, so the transport sees the high-water
+# mark within the turn. The memory held per socket is thus at most the
+# high-water mark plus two early-flush batches, however many callers there are.
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
 WRITE_LOW_WATER: Final = 1024 * 1024
+EARLY_FLUSH_BYTES: Final = 256 * 1024
 
 
 class State(enum.Enum):
@@ -105,6 +108,42 @@ class _Batch:
             self.future.set_exception(exc)
 
 
+class _WakeList:
+    """Tasks waiting for one event, all woken at once by `wake_all`.
+
+    Unlike `asyncio.Event`, a waiter that is cancelled (its caller timed
+    out) costs O(1): its future stays in the list and is skipped at the
+    next wake, and the list drops done futures whenever it has doubled.
+    An event that thousands of timed-out callers left would cost O(n) each.
+    """
+
+    __slots__ = ("_loop", "_prune_at", "_waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiters: list[asyncio.Future[None]] = []
+        self._prune_at = 64
+
+    async def wait(self) -> None:
+        """Wait until the next `wake_all`."""
+        waiters = self._waiters
+        if len(waiters) >= self._prune_at:
+            waiters = self._waiters = [waiter for waiter in waiters if not waiter.done()]
+            self._prune_at = max(64, 2 * len(waiters))
+        waiter = self._loop.create_future()
+        waiters.append(waiter)
+        await waiter
+
+    def wake_all(self) -> None:
+        """Wake every task waiting now."""
+        waiters = self._waiters
+        self._waiters = []
+        self._prune_at = 64
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 # One entry per expected reply: who waits for it, when it times out, and
 # the encoded command, kept so a LOADING rejection can send it again.
 _Pending = tuple["asyncio.Future[Any] | _Batch", float, bytes]
@@ -128,12 +167,16 @@ class _Wire(asyncio.Protocol):
         self._pending: deque[_Pending] = deque()
         self._buffer: list[bytes] = []
         self._unsent_replies = 0
+        self._unsent_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timed_out = 0
         self._last_received = loop.time()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._drained = _WakeList(loop)
+        self._closing = False
+        # False while the transport's buffer is above its high-water mark or
+        # the socket is closing; read on every command, so a plain attribute.
+        self.writable = True
         self._lost_reason: str | None = None
         self.lost = False
 
@@ -174,33 +217,33 @@ class _Wire(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """Stop taking commands at once; the transport closes after this."""
-        self._writable.clear()
+        self._closing = True
+        self.writable = False
         return False
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self.writable = False
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        if not self._closing and not self.lost:
+            self.writable = True
+        self._drained.wake_all()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         reason = self._lost_reason or (str(exc) if exc else "closed by the server")
         self._fail_pending(reason)
-        self._writable.set()
+        self.writable = False
+        self._drained.wake_all()
         if self._timer is not None:
             self._timer.cancel()
         self._on_lost(self, reason)
 
     # writing
 
-    @property
-    def writable(self) -> bool:
-        return self._writable.is_set() and not self.lost
-
     async def wait_writable(self) -> None:
-        """Wait until the socket's write buffer is below its low-water mark."""
-        await self._writable.wait()
+        """Wait until the write buffer drains below its low-water mark, or the socket is lost."""
+        await self._drained.wait()
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         """Queue one encoded command; return the future of its reply."""
@@ -233,7 +276,10 @@ class _Wire(asyncio.Protocol):
             self._pending.extend([entry] * replies)
         self._buffer.append(payload)
         self._unsent_replies += replies
-        if self._flush_handle is None:
+        self._unsent_bytes += len(payload)
+        if self._unsent_bytes >= EARLY_FLUSH_BYTES:
+            self.flush_now()
+        elif self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
         if timeout is not None and self._timer is None:
             self._timer = self._loop.call_at(deadline, self._expire)
@@ -249,6 +295,7 @@ class _Wire(asyncio.Protocol):
         buffer = self._buffer
         self._buffer = []
         self._unsent_replies = 0
+        self._unsent_bytes = 0
         if len(buffer) == 1:
             transport.write(buffer[0])
         else:
@@ -326,8 +373,8 @@ class _Wire(asyncio.Protocol):
         """
         if self._lost_reason is None:
             self._lost_reason = reason
-        if not self.lost:
-            self._writable.clear()
+        self._closing = True
+        self.writable = False
         if self._transport is not None:
             self._transport.abort()
 
@@ -335,12 +382,14 @@ class _Wire(asyncio.Protocol):
         """Write the buffered commands without waiting for the turn to end."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-            self._flush()
+        self._flush()
 
     def close(self) -> None:
         """Close the socket once the write buffer is sent; stop reading."""
         self.flush_now()
         self._lost_reason = self._lost_reason or "connection closed by the client"
+        self._closing = True
+        self.writable = False
         if self._transport is not None:
             self._transport.close()
 
@@ -373,6 +422,7 @@ class _Wire(asyncio.Protocol):
         self._pending.clear()
         self._buffer.clear()
         self._unsent_replies = 0
+        self._unsent_bytes = 0
 
 
 class Connection:
@@ -388,7 +438,7 @@ class Connection:
         self._client_name = settings.client_name or client_name
         self._loop = asyncio.get_running_loop()
         self._wire: _Wire | None = None
-        self._ready = asyncio.Event()
+        self._ready = _WakeList(self._loop)
         self._scripts: dict[str, str] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
         self._last_error: str | None = None
@@ -505,7 +555,7 @@ class Connection:
             raise
         self._wire = wire
         self.state = State.READY
-        self._ready.set()
+        self._ready.wake_all()
 
     async def _connect_first(self) -> None:
         """Connect once, retrying while the server replies LOADING, up to the connect timeout."""
@@ -597,7 +647,6 @@ class Connection:
             return
         logger.warning("connection to %s lost: %s", self.settings.address, reason)
         self.state = State.RECONNECTING
-        self._ready.clear()
         self._reconnect_task = self._loop.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -657,7 +706,7 @@ class Connection:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        self._ready.set()
+        self._ready.wake_all()
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
         wire = self._wire
