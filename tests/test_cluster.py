@@ -61,7 +61,7 @@ from wfe_valkey import (
 from wfe_valkey.cluster import ClusterConnection
 from wfe_valkey.connection import Connection
 from wfe_valkey.embedded import EmbeddedValkey
-from wfe_valkey.slots import key_slot
+from wfe_valkey.slots import Target, key_slot, route
 from wfe_valkey.subscriber import ValkeyLifecycleSubscriber
 
 REUSED_CONTRACT_CASES = (
@@ -193,6 +193,45 @@ def test_key_slot_matches_cluster_keyslot(cluster: Cluster, key: str | bytes) ->
         expected = client.execute_command("CLUSTER", "KEYSLOT", key)
 
     assert key_slot(key) == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (("LPUSH", "wfe:queue:workflow", "wf-1"), key_slot("wfe:queue:workflow")),
+        ((b"rpop", b"wfe:queue:event"), key_slot("wfe:queue:event")),
+        (("evalsha", "0" * 40, 1, "wfe:lock:a", "token"), key_slot("wfe:lock:a")),
+        (("EVAL", "return 1", "1", b"wfe:lock:b"), key_slot("wfe:lock:b")),
+        (("EVAL", "return 1", 0), Target.ANY_NODE),
+        (("PUBLISH", "wfe:lifecycle:all", "{}"), Target.ANY_NODE),
+        ((b"publish", b"wfe:lifecycle:all", b"{}"), Target.ANY_NODE),
+        (("ping",), Target.ANY_NODE),
+        (("SCRIPT", "LOAD", "return 1"), Target.EVERY_PRIMARY),
+        (("script", "flush"), Target.EVERY_PRIMARY),
+        (("SCRIPT", "EXISTS", "0" * 40), Target.ANY_NODE),
+        (("GET", 17), key_slot("17")),
+    ],
+)
+def test_route_picks_key_or_target(
+    command: tuple[str | bytes | int, ...], expected: int | Target
+) -> None:
+    assert route(command) == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ((), "a command needs at least its name"),
+        (("EVALSHA", "0" * 40), "EVALSHA needs a script and numkeys"),
+        (("EVAL", "return 1", "one", "k"), "EVAL numkeys must be an integer, got 'one'"),
+        (("GET", "\udcff"), "key is not encodable as UTF-8"),
+    ],
+)
+def test_route_rejects_unroutable_commands(
+    command: tuple[str | bytes | int, ...], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        route(command)
 
 
 async def test_plain_server_gets_plain_connection(

@@ -85,27 +85,78 @@ SCRIPT_COMMANDS: Final = frozenset(
 EVERY_PRIMARY_SCRIPT_SUBCOMMANDS: Final = frozenset({"LOAD", "FLUSH"})
 
 
+class _Kind(enum.Enum):
+    """How a command name is routed."""
+
+    KEYED = "keyed by its first argument"
+    SCRIPT = "keyed by its first KEYS argument"
+    SCRIPT_ADMIN = "SCRIPT and a subcommand"
+    KEYLESS = "any node"
+
+
+# Command names as callers spell them (str or bytes, any case), mapped to
+# how they are routed. Filled as names are seen; MAX_CACHED_NAMES bounds it.
+_kinds: dict[CommandArg, _Kind] = {}
+MAX_CACHED_NAMES: Final = 1024
+
+# Slots of recently routed str and bytes keys. The providers route the same
+# few queue keys over and over, so the cache saves the hashing. It is
+# emptied when it reaches MAX_CACHED_SLOTS entries.
+_slots: dict[CommandArg, int] = {}
+MAX_CACHED_SLOTS: Final = 4096
+
+
 def route(args: tuple[CommandArg, ...]) -> int | Target:
     """Return the slot of the key that decides where `args` runs, or a `Target`.
 
     Raises `ValueError` for a script command whose numkeys is missing or
-    not an integer.
+    not an integer, and for a key that cannot be encoded.
     """
     if not args:
         raise ValueError("a command needs at least its name")
-    name = _command_name(args[0])
-    if name in SCRIPT_COMMANDS:
+    kind = _kinds.get(args[0])
+    if kind is None:
+        kind = _learn_kind(args[0])
+
+    if kind is _Kind.KEYED:
+        if len(args) < 2:
+            return Target.ANY_NODE
+        slot = _slots.get(args[1])
+        return _cache_slot(args[1]) if slot is None else slot
+    if kind is _Kind.SCRIPT:
         return _script_route(args)
-    if name in KEYLESS_COMMANDS:
+    if kind is _Kind.SCRIPT_ADMIN:
         changes_scripts = (
-            name == "SCRIPT"
-            and len(args) > 1
-            and _command_name(args[1]) in EVERY_PRIMARY_SCRIPT_SUBCOMMANDS
+            len(args) > 1 and _command_name(args[1]) in EVERY_PRIMARY_SCRIPT_SUBCOMMANDS
         )
         return Target.EVERY_PRIMARY if changes_scripts else Target.ANY_NODE
-    if len(args) < 2:
-        return Target.ANY_NODE
-    return _slot_of(_key_bytes(args[1]))
+    return Target.ANY_NODE
+
+
+def _learn_kind(arg: CommandArg) -> _Kind:
+    """Classify a command name and remember it."""
+    name = _command_name(arg)
+    if name in SCRIPT_COMMANDS:
+        kind = _Kind.SCRIPT
+    elif name == "SCRIPT":
+        kind = _Kind.SCRIPT_ADMIN
+    elif name in KEYLESS_COMMANDS:
+        kind = _Kind.KEYLESS
+    else:
+        kind = _Kind.KEYED
+    if len(_kinds) < MAX_CACHED_NAMES:
+        _kinds[arg] = kind
+    return kind
+
+
+def _cache_slot(key: CommandArg) -> int:
+    """Compute a key's slot and remember it when the key is a str or bytes."""
+    slot = _slot_of(_key_bytes(key))
+    if isinstance(key, (str, bytes)):
+        if len(_slots) >= MAX_CACHED_SLOTS:
+            _slots.clear()
+        _slots[key] = slot
+    return slot
 
 
 def _script_route(args: tuple[CommandArg, ...]) -> int | Target:
