@@ -16,9 +16,12 @@ arguments given to a provider's ``new()`` override the URL's options.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -50,13 +53,40 @@ class TLSSettings:
     check_hostname: bool = True
 
     def create_context(self) -> ssl.SSLContext:
-        """Build the client-side SSL context these settings describe."""
-        context = ssl.create_default_context(cafile=self.ca_certs)
+        """Build the client-side SSL context these settings describe.
+
+        Raises `InvalidURLError` naming the option and the path when a
+        certificate or key file cannot be read or is not valid PEM.
+        """
+        # With a CA file, only that CA is trusted, not the system's defaults.
+        with _naming_file("ssl_ca_certs", self.ca_certs or ""):
+            context = ssl.create_default_context(cafile=self.ca_certs)
         context.check_hostname = self.check_hostname and self.cert_reqs != ssl.CERT_NONE
         context.verify_mode = self.cert_reqs
         if self.certfile is not None:
-            context.load_cert_chain(self.certfile, self.keyfile)
+            for option, path in (("ssl_certfile", self.certfile), ("ssl_keyfile", self.keyfile)):
+                if path is not None and not os.path.isfile(path):
+                    raise InvalidURLError(f"{option} file {path!r} not found")
+            with _naming_file("ssl_certfile", self.certfile):
+                context.load_cert_chain(self.certfile, self.keyfile)
         return context
+
+
+@contextlib.contextmanager
+def _naming_file(option: str, path: str) -> Iterator[None]:
+    """Turn a failure to load a certificate file into an error naming the option and path."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise InvalidURLError(f"{option} file {path!r} not found") from None
+    except ssl.SSLError as exc:
+        raise InvalidURLError(
+            f"{option} file {path!r} is not a valid PEM certificate or key: {exc.reason or exc}"
+        ) from None
+    except OSError as exc:
+        raise InvalidURLError(
+            f"{option} file {path!r} cannot be read: {exc.strerror or exc}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -228,18 +258,27 @@ def _build_tls(options: dict[str, Any]) -> TLSSettings | None:
             )
         return None
 
-    reqs_word = str(options.get("ssl_cert_reqs", "required")).lower()
-    if reqs_word not in CERT_REQS:
-        raise InvalidURLError(
-            f"invalid ssl_cert_reqs {reqs_word!r}; expected required, optional or none"
-        )
     return TLSSettings(
-        cert_reqs=CERT_REQS[reqs_word],
+        cert_reqs=_parse_cert_reqs(options.get("ssl_cert_reqs", "required")),
         ca_certs=options.get("ssl_ca_certs"),
         certfile=options.get("ssl_certfile"),
         keyfile=options.get("ssl_keyfile"),
         check_hostname=_parse_bool("ssl_check_hostname", options.get("ssl_check_hostname", True)),
     )
+
+
+def _parse_cert_reqs(value: object) -> ssl.VerifyMode:
+    """Return the verify mode given as a word, an `ssl.VerifyMode`, or `None` for none."""
+    if isinstance(value, ssl.VerifyMode):
+        return value
+    if value is None:
+        return ssl.CERT_NONE
+    word = str(value).lower()
+    if word not in CERT_REQS:
+        raise InvalidURLError(
+            f"invalid ssl_cert_reqs {value!r}; expected required, optional or none"
+        )
+    return CERT_REQS[word]
 
 
 def _parse_db(value: object) -> int:

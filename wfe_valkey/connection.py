@@ -31,11 +31,12 @@ import enum
 import logging
 import random
 import socket
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
-from .config import ConnectionSettings
+from .config import ConnectionSettings, TLSSettings
 from .errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -442,6 +443,8 @@ class Connection:
         self._scripts: dict[str, str] = {}
         self._reconnect_task: asyncio.Task[None] | None = None
         self._last_error: str | None = None
+        self._ssl_context: ssl.SSLContext | None = None
+        self._ssl_context_source: TLSSettings | None = None
         self.state = State.CONNECTING
 
     @classmethod
@@ -585,12 +588,12 @@ class Connection:
         def factory() -> _Wire:
             return _Wire(self._loop, settings, self._on_wire_lost)
 
+        ssl_context = self._ssl_context_for(settings.tls)
         try:
             async with asyncio.timeout(settings.connect_timeout):
                 if settings.unix_path is not None:
                     _, wire = await self._loop.create_unix_connection(factory, settings.unix_path)
                 else:
-                    ssl_context = settings.tls.create_context() if settings.tls else None
                     _, wire = await self._loop.create_connection(
                         factory, settings.host, settings.port, ssl=ssl_context
                     )
@@ -598,11 +601,34 @@ class Connection:
             raise ValkeyTimeoutError(
                 f"connect to {settings.address} timed out after {settings.connect_timeout} s"
             ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ValkeyConnectionError(
+                f"TLS handshake with {settings.address} failed: certificate verify failed: "
+                f"{exc.verify_message}; check ssl_ca_certs (the CA that signed the server's "
+                "certificate), or ssl_check_hostname when the host name differs"
+            ) from None
+        except ssl.SSLError as exc:
+            raise ValkeyConnectionError(
+                f"TLS handshake with {settings.address} failed: {exc.reason or exc}"
+            ) from None
         except OSError as exc:
             raise ValkeyConnectionError(
                 f"cannot connect to {settings.address}: {exc.strerror or exc}"
             ) from None
         return wire
+
+    def _ssl_context_for(self, tls: TLSSettings | None) -> ssl.SSLContext | None:
+        """Return the SSL context for `tls`, built once and reused on every reconnect.
+
+        Raises `InvalidURLError` naming the option when a certificate or key
+        file cannot be loaded.
+        """
+        if tls is None:
+            return None
+        if self._ssl_context is None or self._ssl_context_source is not tls:
+            self._ssl_context = tls.create_context()
+            self._ssl_context_source = tls
+        return self._ssl_context
 
     async def _handshake(self, wire: _Wire) -> None:
         """Authenticate, select the database, name the client, load scripts."""
