@@ -2,9 +2,13 @@
 
 Goals:
 
-- Any number of concurrent callers share one socket. Every command issued
-  during one event-loop turn is written in one `transport.write`, and
-  replies resolve their callers in the order the commands were written.
+- Any number of concurrent callers share one socket. The commands issued
+  during one event-loop turn are written in one `transport.write` (one per
+  EARLY_FLUSH_BYTES when a turn issues more), and replies resolve their
+  callers in the order the commands were written.
+- Memory stays bounded when the server stops reading: above the write
+  buffer's high-water mark, new commands wait (within their timeout)
+  instead of piling up.
 - A caller that is cancelled or times out never shifts replies: its entry
   stays in the queue of pending replies, and its reply is read and dropped.
 - The connection outlives the socket. When the socket drops, commands
@@ -12,7 +16,9 @@ Goals:
   been applied, so they are never sent again), and a background task
   reconnects with capped, jittered exponential backoff, repeating AUTH,
   SELECT, CLIENT SETNAME and SCRIPT LOAD. Commands issued meanwhile wait
-  for the new socket, or fail when their timeout ends.
+  for the new socket, or fail when their timeout ends. A command that
+  times out while nothing at all arrived during its timeout marks the
+  server as hung, and the socket is dropped and opened again.
 
 Plan: `_Wire` is the asyncio `Protocol` of one socket; it owns the write
 buffer, the pending replies and the command timeouts. `Connection` owns the
@@ -320,7 +326,12 @@ class _Wire(asyncio.Protocol):
             self.abort("the server is a read-only replica now")
 
     def _resend(self, future: asyncio.Future[Any], deadline: float, payload: bytes) -> None:
-        """Send a command again for the same caller, after a LOADING reply."""
+        """Send a command again for the same caller, after a LOADING reply.
+
+        NOTE: the resent entry keeps its first deadline but queues behind
+        commands with later ones, so if the server then hangs, its timeout
+        fires when theirs do, up to one timeout late.
+        """
         if future.done():
             return
         if self.lost:
@@ -543,7 +554,11 @@ class Connection:
         return ValkeyTimeoutError(f"{address} not reachable within {timeout} s{reason}")
 
     def register_script(self, sha: str, source: str) -> None:
-        """Load `source` on every future connect, and now if connected."""
+        """Load `source` on every future connect.
+
+        It is not loaded now: until the next connect, a caller's EVALSHA may
+        get NOSCRIPT and must fall back to EVAL.
+        """
         self._scripts[sha] = source
 
     # connecting
