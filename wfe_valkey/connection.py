@@ -239,6 +239,7 @@ class _Wire(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         reason = self._lost_reason or (str(exc) if exc else "closed by the server")
+        self._lost_reason = reason
         self._fail_pending(reason)
         self.writable = False
         self._drained.wake_all()
@@ -404,6 +405,11 @@ class _Wire(asyncio.Protocol):
         self.writable = False
         if self._transport is not None:
             self._transport.close()
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the socket dropped, once it has."""
+        return self._lost_reason
 
     @property
     def pending_count(self) -> int:
@@ -625,6 +631,7 @@ class Connection:
         except ssl.SSLError as exc:
             raise ValkeyConnectionError(
                 f"TLS handshake with {settings.address} failed: {exc.reason or exc}"
+                + _client_certificate_hint(str(exc))
             ) from None
         except OSError as exc:
             raise ValkeyConnectionError(
@@ -666,9 +673,16 @@ class Connection:
             raise ValkeyTimeoutError(
                 f"handshake with {settings.address} timed out after {settings.connect_timeout} s"
             ) from None
+        except ValkeyConnectionError:
+            raise ValkeyConnectionError(self._lost_in_handshake(wire.lost_reason)) from None
         for command, reply in zip(commands, replies, strict=True):
             if isinstance(reply, ReplyError):
                 raise self._handshake_error(command, reply)
+
+    def _lost_in_handshake(self, reason: str | None) -> str:
+        """Describe a socket that dropped during the handshake, with a hint for TLS."""
+        message = f"handshake with {self.settings.address} failed: connection lost ({reason})"
+        return message + _client_certificate_hint(reason or "")
 
     def _handshake_error(self, command: tuple[CommandArg, ...], reply: ReplyError) -> ValkeyError:
         """Describe a failed handshake step without revealing the password."""
@@ -769,3 +783,10 @@ class Connection:
                 wire.abort("close timed out waiting for replies")
                 return
             await asyncio.sleep(0.002)
+
+
+def _client_certificate_hint(reason: str) -> str:
+    """Return a hint to add to a TLS failure caused by a missing client certificate."""
+    if "CERTIFICATE_REQUIRED" in reason:
+        return "; the server requires a client certificate (ssl_certfile, ssl_keyfile)"
+    return ""
