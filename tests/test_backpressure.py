@@ -1,9 +1,10 @@
 """Backpressure: when the server stops reading, memory stays bounded and callers wait.
 
 The server is frozen with SIGSTOP (or a proxy stops reading), then 200,000
-commands are attempted at once. The socket's write buffer must stay below
-its high-water mark plus one early-flush batch; callers beyond that wait
-for the buffer to drain, or time out, rather than pile up in memory.
+commands are attempted at once. The bytes held for the socket must stay
+below its high-water mark plus two early-flush batches. Callers beyond
+that wait for the buffer to drain, or time out, rather than pile up in
+memory.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ async def test_frozen_server_bounds_the_write_buffer(
     await queues.close()
 
 
-async def test_waiting_callers_time_out_when_the_buffer_never_drains(
+async def test_waiters_time_out_if_never_drained(
     private_server: EmbeddedValkey,
     start_proxy: Callable[..., Awaitable[DelayingProxy]],
     prefix: str,

@@ -92,7 +92,7 @@ async def test_invalid_url_is_rejected_before_connecting(
     assert connections_received(counted_server) == before + 1
 
 
-async def test_url_that_is_not_a_string_raises_type_error(prefix: str) -> None:
+async def test_non_string_url_raises_type_error(prefix: str) -> None:
     with pytest.raises(TypeError, match="url must be a str, got NoneType"):
         await ValkeyQueueProvider.new(None, prefix)  # type: ignore[arg-type]
 
@@ -188,7 +188,7 @@ async def test_invalid_work_id_is_rejected_before_sending(
 
 
 @pytest.mark.parametrize("queue_type", ["workflow", None, 0, "WORKFLOW"])
-async def test_queue_type_that_is_not_a_queue_type_raises_type_error(
+async def test_invalid_queue_type_raises_type_error(
     queues: ValkeyQueueProvider, queue_type: Any
 ) -> None:
     message = f"queue_type must be a QueueType, got {queue_type!r}"

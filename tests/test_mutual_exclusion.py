@@ -27,7 +27,7 @@ LOCK_DURATION = 2.0
 
 
 class InsideRecord:
-    """Who holds each resource, by the holders' own account."""
+    """The worker inside each resource, as the workers themselves record it."""
 
     def __init__(self) -> None:
         self.holder: dict[str, str] = {}
@@ -97,7 +97,7 @@ async def test_no_two_holders_overlap_under_contention(
         await locks.close()
 
 
-async def test_overrunning_holder_loses_lock_and_late_release_keeps_new_one(
+async def test_overrunning_holder_loses_its_lock(
     server_url: str, other_host: valkey.Valkey, prefix: str
 ) -> None:
     slow = (await ValkeyLockProvider.new(server_url, prefix)).with_lock_duration(0.2)

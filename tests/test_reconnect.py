@@ -175,7 +175,7 @@ async def test_network_reset_is_repaired(
     await locks.close()
 
 
-async def test_written_command_fails_with_connection_lost_and_is_not_resent(
+async def test_written_command_lost_not_resent(
     private_server: EmbeddedValkey,
     start_proxy: Callable[..., Awaitable[DelayingProxy]],
     prefix: str,

@@ -154,7 +154,7 @@ async def test_connect_timeout_on_frozen_server(
     assert 0.25 <= elapsed < 1.0
 
 
-async def test_waiting_commands_time_out_while_server_is_frozen_after_drop(
+async def test_commands_time_out_after_hang_drop(
     private_server: EmbeddedValkey, freeze: Freeze, prefix: str
 ) -> None:
     locks = await ValkeyLockProvider.new(

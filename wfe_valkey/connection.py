@@ -367,8 +367,8 @@ class _Wire(asyncio.Protocol):
         self._timed_out = index
 
         # A command that waited its whole timeout while not one byte arrived
-        # means the server or the network hangs; callers that were cancelled
-        # meanwhile count too. Dropping the socket starts a reconnect.
+        # means that the server or the network hangs, so the socket is dropped
+        # and a reconnect starts. Callers that were cancelled meanwhile count too.
         expired_any = index > first_new
         if expired_any and now - self._last_received >= (self._timeout or 0.0):
             self.abort(f"no reply for {self._timeout} s")

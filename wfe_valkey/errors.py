@@ -33,7 +33,7 @@ class ProtocolError(ValkeyError):
 
 
 class ReplyError(ValkeyError):
-    """The server answered a command with an error reply.
+    """The server replied to a command with an error reply.
 
     `code` is the error's first word (for example ``ERR`` or ``WRONGTYPE``).
     The message is the server's text, unchanged, unless the library put it

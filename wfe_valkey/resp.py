@@ -45,8 +45,9 @@ def encode_command(args: tuple[CommandArg, ...]) -> bytes:
     """Encode one command as a RESP array of bulk strings.
 
     Strings are encoded as UTF-8. Raises `ValueError` when a string cannot
-    be encoded (a lone surrogate), before anything is sent; the message
-    names the argument's position, not its value, which may be a secret.
+    be encoded (a lone surrogate), before anything is sent. The message
+    names the argument's position, not its value, because the value may
+    be a secret.
     """
     try:
         payload: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
