@@ -47,7 +47,7 @@ from urllib.parse import unquote
 from . import _probe
 from .config import DEFAULT_CONNECT_TIMEOUT, ConnectionSettings, parse_url
 from .connection import BACKOFF_BASE, BACKOFF_CAP, Connection, State
-from .errors import InvalidURLError, ReplyError, ValkeyConnectionError, ValkeyError
+from .errors import InvalidURLError, LoadingError, ReplyError, ValkeyConnectionError, ValkeyError
 from .resp import ReplyParser, encode_command
 
 if TYPE_CHECKING:
@@ -284,14 +284,17 @@ class SentinelConnection(Connection):
         )
 
     async def _connect_until_primary(self) -> None:
-        """Connect; while the node named is not a primary, ask again until the timeout."""
+        """Connect; while the node named is not a primary or still loading, retry.
+
+        Retries stop when the connect timeout ends, and the last error is raised.
+        """
         timeout = self.settings.connect_timeout or DEFAULT_CONNECT_TIMEOUT
         deadline = self._loop.time() + timeout
         while True:
             try:
                 await self._connect_once()
                 return
-            except NotPrimaryError:
+            except (NotPrimaryError, LoadingError):
                 if self._loop.time() + OPEN_RETRY_DELAY >= deadline:
                     raise
             await asyncio.sleep(OPEN_RETRY_DELAY)
@@ -305,9 +308,7 @@ class SentinelConnection(Connection):
             self._announced = None
             target = await self._ask_sentinels()
         if target.address != self.settings.address:
-            logger.info(
-                "sentinels name %s as primary of %r", target.address, self.sentinel.service_name
-            )
+            logger.info("primary of %r is %s", self.sentinel.service_name, target.address)
         self.settings = target
         return target
 
