@@ -39,7 +39,7 @@ def test_parse_returns_replies_in_order() -> None:
 
     replies = parser.parse(b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\na\r\n:1\r\n")
 
-    assert replies == ["OK".encode(), 42, b"abc", None, [b"a", 1]]
+    assert replies == [b"OK", 42, b"abc", None, [b"a", 1]]
 
 
 def test_parse_waits_for_a_reply_split_across_reads() -> None:
