@@ -23,7 +23,9 @@ from wfe_valkey import (
     AuthenticationError,
     InvalidURLError,
     QueueType,
+    ReliableQueueProvider,
     ValkeyLifecyclePublisher,
+    ValkeyLifecycleSubscriber,
     ValkeyLockProvider,
     ValkeyQueueProvider,
     ValkeyTimeoutError,
@@ -329,3 +331,15 @@ async def test_password_changed_on_server_never_leaks_while_reconnecting(
         assert_no_password(text, "alice-pw-7f3a", "new-pw-0b6c", "default-pw-91c2")
     assert_no_password(caplog.text, "alice-pw-7f3a", "new-pw-0b6c", "default-pw-91c2")
     await asyncio.wait_for(locks.close(), 5)
+
+
+async def test_reliable_ack_names_unencodable_id(server_url: str, prefix: str) -> None:
+    async with await ReliableQueueProvider.new(server_url, prefix) as queues:
+        with pytest.raises(ValueError, match="id is not encodable as UTF-8"):
+            await queues.ack_work("bad-\udc80", QueueType.WORKFLOW)
+
+
+async def test_subscriber_names_unencodable_workflow_id(server_url: str, prefix: str) -> None:
+    async with await ValkeyLifecycleSubscriber.new(server_url, prefix) as subscriber:
+        with pytest.raises(ValueError, match="workflow_id is not encodable as UTF-8"):
+            subscriber.channel("bad-\udc80")

@@ -115,7 +115,11 @@ def check_prefix(prefix: object) -> str:
 
 
 def reject_id(name: str, value: Any) -> None:
-    """Raise the error that says why `value` is not a valid id."""
+    """Raise the error that says why `value` is not a valid id; return if it is valid.
+
+    Callers test the common case inline (a non-empty ASCII `str`) and call
+    this for everything else, including valid non-ASCII ids.
+    """
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
     if not value:

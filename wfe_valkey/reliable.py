@@ -172,7 +172,7 @@ class ReliableQueueProvider(ValkeyQueueProvider):
         prefix = check_prefix(prefix)
         if host_id is None:
             host_id = default_host_id()
-        elif host_id.__class__ is not str or not host_id:
+        elif host_id.__class__ is not str or not host_id or not host_id.isascii():
             reject_id("host_id", host_id)
         visibility_timeout = _check_seconds("visibility_timeout", visibility_timeout)
         if heartbeat_interval is not None:
@@ -251,7 +251,7 @@ class ReliableQueueProvider(ValkeyQueueProvider):
         example because this host missed its heartbeats long enough that
         another host took the id back.
         """
-        if id.__class__ is not str or not id:
+        if id.__class__ is not str or not id or not id.isascii():
             reject_id("id", id)
         removed = await self._connection.execute("LREM", self.in_flight_key(queue_type), 1, id)
         return bool(removed)

@@ -323,7 +323,7 @@ class ValkeyLifecycleSubscriber:
         """Return the channel of one workflow's events, or of every workflow's for `None`."""
         if workflow_id is None:
             return f"{self.prefix}:lifecycle:all"
-        if workflow_id.__class__ is not str or not workflow_id:
+        if workflow_id.__class__ is not str or not workflow_id or not workflow_id.isascii():
             reject_id("workflow_id", workflow_id)
         return f"{self.prefix}:lifecycle:{workflow_id}"
 
