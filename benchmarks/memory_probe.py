@@ -7,8 +7,8 @@ SIGSTOP and then issues `--commands` LPUSH commands from as many asyncio
 tasks, 1,000 new tasks per event-loop turn. Nothing is answered, so every
 task stays waiting. The probe prints, as one JSON object:
 
-- how many commands went to the socket before it stopped taking bytes,
-  and how many callers are still waiting to write;
+- how many commands the client took into its write path (the socket and
+  the write buffer), and how many callers are still waiting to write;
 - the client's largest write buffer seen (the transport's buffer plus the
   commands not yet handed to it);
 - the process's resident memory before and at the end (Linux VmRSS and

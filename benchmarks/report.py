@@ -165,8 +165,8 @@ def memory_lines(memory: dict[str, dict[str, Any]]) -> list[str]:
         growth = result["peak_rss"] - result["rss_before"]
         lines.append(f"{client}: {commands:,} commands issued against a stopped server")
         lines.append(
-            f"  {result['written_commands']:,} went to the socket before it stopped taking "
-            f"bytes; {result['waiting_callers']:,} callers wait to write"
+            f"  {result['written_commands']:,} commands taken into the write path (socket "
+            f"or write buffer); {result['waiting_callers']:,} callers wait for it to drain"
         )
         lines.append(
             f"  largest write buffer {result['max_write_buffer'] / mib:.1f} MiB "
@@ -175,7 +175,7 @@ def memory_lines(memory: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"  peak RSS {result['peak_rss'] / mib:,.0f} MiB, "
             f"{growth / mib:,.0f} MiB above the start: {growth / commands:,.0f} bytes "
-            "per waiting caller, its own task included"
+            "per caller, its own asyncio task included"
         )
         if "tracemalloc_peak" in result:
             lines.append(f"  tracemalloc peak {result['tracemalloc_peak'] / mib:,.0f} MiB")
