@@ -181,3 +181,55 @@ def test_constructor_rejects_wrong_types() -> None:
         LifecycleEvent("wf", "d", 1, "Started")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="version must be from 0 to 4294967295"):
         LifecycleEvent("wf", "d", -1, events.Started())
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (
+            RUST_STARTED.replace('"reference":null', '"reference":null,"x":' + "[" * 100_000),
+            "not valid JSON",
+        ),
+        (
+            RUST_STARTED.replace("2026-12-04T19:06:05.123456789Z", "9999-12-31T23:59:59-01:00"),
+            "outside the years 0001 to 9999",
+        ),
+        (
+            RUST_STARTED.replace("2026-12-04T19:06:05.123456789Z", "0001-01-01T00:00:00+01:00"),
+            "outside the years 0001 to 9999",
+        ),
+        (
+            RUST_STARTED.replace("2026-12-04T19:06:05.123456789Z", "2026-12-04T19:06:05+99:99"),
+            "invalid offset",
+        ),
+        (RUST_STARTED.replace("2026-", "٢٠٢٦-"), "not an RFC 3339 timestamp"),
+        (RUST_STARTED.replace('"wf-1"', '"\\ud800"'), "not encodable as UTF-8"),
+        (RUST_STARTED.replace('"version":1', '"version":1,"version":2'), "'version' twice"),
+    ],
+)
+def test_hostile_payload_raises_invalid_event_error(payload: str, message: str) -> None:
+    with pytest.raises(InvalidEventError, match=message):
+        LifecycleEvent.from_json(payload)
+
+
+def test_utf16_bytes_are_rejected() -> None:
+    with pytest.raises(InvalidEventError, match="not valid UTF-8"):
+        LifecycleEvent.from_json(RUST_STARTED.encode("utf-16"))
+
+
+def test_utf8_bytes_parse() -> None:
+    assert LifecycleEvent.from_json(RUST_STARTED.encode()).to_json() == RUST_STARTED
+
+
+def test_extreme_years_write_four_digits() -> None:
+    first = parse_timestamp("0001-01-01T00:00:00Z")
+    last = parse_timestamp("9999-12-31T23:59:59.999999999Z")
+
+    assert format_timestamp(first) == "0001-01-01T00:00:00Z"
+    assert format_timestamp(last) == "9999-12-31T23:59:59.999999999Z"
+
+
+def test_constructor_rejects_time_beyond_year_9999() -> None:
+    with pytest.raises(ValueError, match="outside the years 0001 to 9999"):
+        LifecycleEvent("wf", "d", 1, events.Started(), event_time_ns=10**30)

@@ -26,6 +26,10 @@ MAX_U32: Final = 4_294_967_295
 MAX_U64: Final = 18_446_744_073_709_551_615
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 JSON_NAMES: Final[dict[type, str]] = {str: "string", int: "integer"}
+MIN_TIME_NS: Final = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1) * 1000
+MAX_TIME_NS: Final = (
+    datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - EPOCH
+) // timedelta(seconds=1) * NANOS_PER_SECOND + NANOS_PER_SECOND - 1
 
 
 class InvalidEventError(ValueError):
@@ -144,10 +148,7 @@ class LifecycleEvent:
         if self.reference is not None:
             _check_str("reference", self.reference)
         _check_event_type(self.event_type)
-        if not isinstance(self.event_time_ns, int) or isinstance(self.event_time_ns, bool):
-            raise TypeError(
-                f"event_time_ns must be an int, got {type(self.event_time_ns).__name__}"
-            )
+        _check_time(self.event_time_ns)
 
     @classmethod
     def new(
@@ -186,15 +187,7 @@ class LifecycleEvent:
         missing `reference` is `None`. Raises `InvalidEventError` naming
         the field that is missing or wrong.
         """
-        try:
-            document = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidEventError(f"lifecycle event is not valid JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise InvalidEventError(
-                f"lifecycle event must be a JSON object, got {type(document).__name__}"
-            )
-
+        document = _load_object(text)
         try:
             return cls(
                 event_time_ns=parse_timestamp(_field(document, "event_time_utc", str)),
@@ -204,10 +197,45 @@ class LifecycleEvent:
                 reference=document.get("reference"),
                 event_type=_parse_event_type(_field(document, "event_type", object)),
             )
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidEventError):
-                raise
+        except InvalidEventError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidEventError(f"invalid lifecycle event: {exc}") from None
+
+
+def _load_object(text: str | bytes) -> dict[str, Any]:
+    """Decode the payload (UTF-8 when bytes) into a JSON object.
+
+    Duplicate keys are rejected, as serde rejects a field given twice.
+    Nesting too deep for the parser is reported as invalid JSON.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEventError(f"lifecycle event is not valid UTF-8: {exc.reason}") from None
+    try:
+        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except RecursionError:
+        raise InvalidEventError("lifecycle event is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        if isinstance(exc, InvalidEventError):
+            raise
+        raise InvalidEventError(f"lifecycle event is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidEventError(
+            f"lifecycle event must be a JSON object, got {type(document).__name__}"
+        )
+    return document
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise InvalidEventError(f"lifecycle event has the field {key!r} twice")
+        document[key] = value
+    return document
 
 
 def _dump(value: Any) -> str:
@@ -253,6 +281,11 @@ def _parse_event_type(value: Any) -> LifecycleEventType:
 def _check_str(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{name} is not encodable as UTF-8: {exc.reason}") from None
 
 
 def _check_int(name: str, value: object, maximum: int) -> None:
@@ -260,6 +293,15 @@ def _check_int(name: str, value: object, maximum: int) -> None:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if not 0 <= value <= maximum:
         raise ValueError(f"{name} must be from 0 to {maximum}, got {value}")
+
+
+def _check_time(nanos: object) -> None:
+    if not isinstance(nanos, int) or isinstance(nanos, bool):
+        raise TypeError(f"event_time_ns must be an int, got {type(nanos).__name__}")
+    if not MIN_TIME_NS <= nanos <= MAX_TIME_NS:
+        raise ValueError(
+            f"event_time_ns {nanos} is outside the years 0001 to 9999 that RFC 3339 can write"
+        )
 
 
 def _check_event_type(event_type: object) -> None:
@@ -280,7 +322,8 @@ def _check_event_type(event_type: object) -> None:
 # Timestamps
 
 TIMESTAMP: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
 )
 
 
@@ -288,7 +331,10 @@ def format_timestamp(nanos: int) -> str:
     """Write RFC 3339 UTC with the shortest of 0, 3, 6 or 9 fraction digits."""
     seconds, fraction = divmod(nanos, NANOS_PER_SECOND)
     moment = EPOCH + timedelta(seconds=seconds)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    text = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
     if fraction == 0:
         return text + "Z"
     if fraction % 1_000_000 == 0:
@@ -321,9 +367,14 @@ def parse_timestamp(text: str) -> int:
     except ValueError as exc:
         raise InvalidEventError(f"event_time_utc {text!r} is not a valid time: {exc}") from None
 
-    if offset not in ("Z", "z"):
-        sign = 1 if offset[0] == "+" else -1
-        moment -= sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
     whole = (moment - EPOCH) // timedelta(seconds=1)
-    nanos = int((fraction or "").ljust(9, "0")[:9])
-    return whole * NANOS_PER_SECOND + nanos
+    if offset not in ("Z", "z"):
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            raise InvalidEventError(f"event_time_utc {text!r} has an invalid offset {offset}")
+        sign = 1 if offset[0] == "+" else -1
+        whole -= sign * (hours * 3600 + minutes * 60)
+    nanos = whole * NANOS_PER_SECOND + int((fraction or "").ljust(9, "0")[:9])
+    if not MIN_TIME_NS <= nanos <= MAX_TIME_NS:
+        raise InvalidEventError(f"event_time_utc {text!r} is outside the years 0001 to 9999")
+    return nanos
