@@ -314,27 +314,9 @@ class SentinelConnection(Connection):
 
     async def _ask_sentinels(self) -> ConnectionSettings:
         """Query the sentinels in turn for the primary's address; the first reply wins."""
-        name = self.sentinel.service_name
         timeout = self.settings.connect_timeout or DEFAULT_CONNECT_TIMEOUT
-        failures: list[str] = []
-        for index, sentinel in enumerate(self._sentinels):
-            try:
-                [reply] = await _probe.query(
-                    sentinel, [("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)], timeout
-                )
-            except ValkeyError as exc:
-                failures.append(f"{sentinel.address}: {exc}")
-                continue
-            if isinstance(reply, ReplyError) or not isinstance(reply, list) or len(reply) != 2:
-                failures.append(f"{sentinel.address}: does not monitor {name!r} ({reply})")
-                continue
-
-            if index:
-                self._sentinels.insert(0, self._sentinels.pop(index))
-            host = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            return self._template.with_address(host, int(reply[1]))
-        raise ValkeyConnectionError(
-            f"no sentinel returned the primary of {name!r}: " + "; ".join(failures)
+        return await ask_for_primary(
+            self._sentinels, self.sentinel.service_name, self._template, timeout
         )
 
     async def _handshake(self, wire: _Wire) -> None:
@@ -502,6 +484,40 @@ class SentinelConnection(Connection):
         for watcher in self._watchers:
             watcher.cancel()
         await super().close()
+
+
+async def ask_for_primary(
+    sentinels: list[ConnectionSettings],
+    service_name: str,
+    template: ConnectionSettings,
+    timeout: float,
+) -> ConnectionSettings:
+    """Ask the sentinels in turn for the primary of `service_name`.
+
+    Returns `template` with the primary's address. The sentinel that
+    answered moves to the front of `sentinels`, so it is asked first next
+    time. Raises `ValkeyConnectionError` listing each sentinel's failure.
+    """
+    failures: list[str] = []
+    for index, sentinel in enumerate(sentinels):
+        try:
+            [reply] = await _probe.query(
+                sentinel, [("SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name)], timeout
+            )
+        except ValkeyError as exc:
+            failures.append(f"{sentinel.address}: {exc}")
+            continue
+        if isinstance(reply, ReplyError) or not isinstance(reply, list) or len(reply) != 2:
+            failures.append(f"{sentinel.address}: does not monitor {service_name!r} ({reply})")
+            continue
+
+        if index:
+            sentinels.insert(0, sentinels.pop(index))
+        host = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        return template.with_address(host, int(reply[1]))
+    raise ValkeyConnectionError(
+        f"no sentinel returned the primary of {service_name!r}: " + "; ".join(failures)
+    )
 
 
 def _role_name(role: Any) -> str:
