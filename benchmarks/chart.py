@@ -55,11 +55,11 @@ def load_rows(path: Path) -> tuple[Rows, dict[str, str], list[str]]:
             {
                 "workload": b["extra_info"]["workload"],
                 "tasks": b["extra_info"]["tasks"],
-                "client": b["extra_info"]["client"],
-                "rate": b["extra_info"]["cycles_per_second"],
+                "client": client,
+                "rate": rate,
             }
             for b in document["benchmarks"]
-            if "cycles_per_second" in b.get("extra_info", {})
+            for client, rate in b.get("extra_info", {}).get("cycles_per_second", {}).items()
         ]
         return rows, {row["workload"]: row["workload"] for row in rows}, []
     raise SystemExit(f"{path}: neither a benchmarks results file nor pytest-benchmark JSON")

@@ -94,11 +94,16 @@ class Workload:
                 await client.fill_queue(ids[start : start + 1000])
 
     async def run(self, client: BenchClient, tasks: int, per_task: int) -> int:
-        """Run `tasks` tasks of `per_task` cycles; return the failed cycles."""
-        counts = await asyncio.gather(
-            *(self.worker(client, index, per_task) for index in range(tasks))
-        )
-        return sum(counts)
+        """Run `tasks` tasks of `per_task` cycles; return the failed cycles.
+
+        When one task raises, the others are cancelled before this returns,
+        so that none of them runs on into the next client's round.
+        """
+        async with asyncio.TaskGroup() as group:
+            runs = [
+                group.create_task(self.worker(client, index, per_task)) for index in range(tasks)
+            ]
+        return sum(run.result() for run in runs)
 
 
 LOCK = Workload("lock", "lock cycle", lock_worker, 20_000, commands_per_cycle=2)
