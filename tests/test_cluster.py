@@ -368,6 +368,21 @@ async def test_publish_reaches_subscriber_on_another_node(
     assert received == event
 
 
+async def test_subscriber_takes_the_cluster_option(
+    cluster: Cluster, publisher: ValkeyLifecyclePublisher
+) -> None:
+    url = cluster.primaries[1].url + "?cluster=no"
+    async with await ValkeyLifecycleSubscriber.new(url, publisher.prefix) as subscriber:
+        subscription = await subscriber.subscribe(None)
+        event = LifecycleEvent.new("wf-2", "def-1", 1, events.Completed())
+
+        await publisher.publish(event)
+
+        async with asyncio.timeout(5):
+            received = await anext(subscription)
+    assert received == event
+
+
 async def test_start_after_stop_reconnects_to_the_cluster(locks: ValkeyLockProvider) -> None:
     await locks.stop()
     await locks.start()

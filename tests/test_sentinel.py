@@ -51,13 +51,17 @@ from test_queue import test_start_and_stop_twice_each as test_queue_start_and_st
 
 from wfe_valkey import (
     InvalidURLError,
+    LifecycleEvent,
     QueueType,
     ValkeyConnectionError,
+    ValkeyLifecyclePublisher,
     ValkeyLockProvider,
     ValkeyQueueProvider,
+    events,
 )
 from wfe_valkey.embedded import free_port
 from wfe_valkey.sentinel import NotPrimaryError, SentinelConnection, parse_sentinel_url
+from wfe_valkey.subscriber import ValkeyLifecycleSubscriber
 
 REUSED_CONTRACT_CASES = (
     test_acquire_succeeds,
@@ -341,3 +345,18 @@ async def test_killed_primary_is_replaced_by_the_replica(
     report = await run_through_failover(own_sentinels, traffic, "kill")
 
     assert report["taken_twice"] == 0
+
+
+async def test_subscriber_follows_sentinel_url(
+    sentinels: SentinelDeployment, publisher: ValkeyLifecyclePublisher
+) -> None:
+    async with await ValkeyLifecycleSubscriber.new(sentinels.url, publisher.prefix) as subscriber:
+        subscription = await subscriber.subscribe("wf-1")
+        event = LifecycleEvent.new("wf-1", "def-1", 1, events.Started())
+
+        await publisher.publish(event)
+
+        async with asyncio.timeout(5):
+            received = await anext(subscription)
+    assert received == event
+    assert subscriber.settings.port == sentinels.primary.port

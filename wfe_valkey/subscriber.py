@@ -33,7 +33,8 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from ._provider import check_prefix, reject_id
-from .config import ConnectionSettings, parse_url
+from .cluster import take_cluster_option
+from .config import DEFAULT_CONNECT_TIMEOUT, ConnectionSettings, parse_url
 from .connection import BACKOFF_BASE, BACKOFF_CAP
 from .errors import (
     AuthenticationError,
@@ -45,6 +46,7 @@ from .errors import (
 )
 from .events import InvalidEventError, LifecycleEvent
 from .resp import CommandArg, ReplyParser, encode_command
+from .sentinel import SentinelSettings, ask_for_primary, is_sentinel_url, parse_sentinel_url
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +281,7 @@ class ValkeyLifecycleSubscriber:
         self._changed = asyncio.Event()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._sentinel: SentinelSettings | None = None
         self.closed = False
         self.reconnect_count = 0
 
@@ -305,8 +308,14 @@ class ValkeyLifecycleSubscriber:
         _check_positive_int("buffer_size", buffer_size)
         if health_check_interval is not None:
             _check_positive_seconds("health_check_interval", health_check_interval)
-        settings = parse_url(url, **options)
+        url, options, _ = take_cluster_option(url, options)
+        sentinel: SentinelSettings | None = None
+        if is_sentinel_url(url):
+            settings, sentinel = parse_sentinel_url(url, **options)
+        else:
+            settings = parse_url(url, **options)
         subscriber = cls(settings, prefix, buffer_size, health_check_interval)
+        subscriber._sentinel = sentinel
         subscriber._wire = await subscriber._connect()
         if health_check_interval is not None:
             subscriber._health_task = subscriber._loop.create_task(subscriber._check_health())
@@ -526,9 +535,24 @@ class ValkeyLifecycleSubscriber:
             wire.send(("SUBSCRIBE", channel.name), channel)
         return wire
 
+    async def _resolve_target(self) -> ConnectionSettings:
+        """Return where to connect: the URL's address, or the primary Sentinel names.
+
+        A primary passes every message published on it to its replicas, so
+        any node of a cluster or of a Sentinel deployment would do; the
+        primary is used because it is the node Sentinel can name.
+        """
+        if self._sentinel is None:
+            return self.settings
+        timeout = self.settings.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        self.settings = await ask_for_primary(
+            list(self._sentinel.sentinels), self._sentinel.service_name, self.settings, timeout
+        )
+        return self.settings
+
     async def _open_socket(self) -> _PubSubWire:
         """Open the socket (TCP, TLS or Unix) within the connect timeout."""
-        settings = self.settings
+        settings = await self._resolve_target()
 
         def factory() -> _PubSubWire:
             return _PubSubWire(self._loop, self._on_push, self._on_wire_lost)
