@@ -379,3 +379,35 @@ async def test_stop_and_start_twice_each(
 
     assert await reliable.dequeue_work(QueueType.WORKFLOW) == "wf-1"
     assert other_host.exists(f"{reliable.prefix}:queue:host:host-a") == 1
+
+
+def clients_named(other_host: valkey.Valkey, name: str, command: str | None = None) -> int:
+    """Count the clients named `name` (running `command`, if given)."""
+    return sum(
+        1
+        for client in other_host.client_list()
+        if client["name"] == name and command in (None, client["cmd"])
+    )
+
+
+async def test_close_right_after_a_cancel_closes_every_connection(
+    server_url: str, prefix: str, other_host: valkey.Valkey
+) -> None:
+    provider = await ReliableQueueProvider.new(
+        server_url, prefix, host_id="host-a", dequeue_wait=2.0, client_name=prefix
+    )
+    dequeue = asyncio.create_task(provider.dequeue_work(QueueType.WORKFLOW))
+    async with asyncio.timeout(5):
+        while clients_named(other_host, prefix, "blmove") != 1:
+            await asyncio.sleep(0.005)
+
+    dequeue.cancel()
+    await provider.close()
+
+    with pytest.raises(asyncio.CancelledError):
+        await dequeue
+    for _ in range(200):
+        if clients_named(other_host, prefix) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert clients_named(other_host, prefix) == 0

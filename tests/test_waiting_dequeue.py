@@ -269,3 +269,30 @@ async def test_waiting_dequeue_on_a_cluster(prefix: str) -> None:
     assert second == "wf-1"
     assert waiting_kind is ClusterConnection
     assert unblocks is False
+
+
+async def clients_named(other_host: valkey.Valkey, name: str, count: int) -> int:
+    """Return how many clients are named `name`, waiting up to 2 s for it to be `count`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2.0
+    while True:
+        found = [client["name"] for client in other_host.client_list()].count(name)
+        if found == count or loop.time() >= deadline:
+            return found
+        await asyncio.sleep(0.01)
+
+
+async def test_close_right_after_a_cancel_closes_every_waiting_connection(
+    server_url: str, prefix: str, other_host: valkey.Valkey
+) -> None:
+    provider = await ValkeyQueueProvider.new(server_url, prefix, dequeue_wait=2.0)
+    dequeue = asyncio.create_task(provider.dequeue_work(QueueType.WORKFLOW))
+    await wait_for_blocked_clients(other_host, 1)
+
+    dequeue.cancel()
+    await provider.close()
+
+    with pytest.raises(asyncio.CancelledError):
+        await dequeue
+    assert await clients_named(other_host, "wfe-valkey-queue-wait", 0) == 0
+    assert await clients_named(other_host, "wfe-valkey-queue", 0) == 0

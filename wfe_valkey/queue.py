@@ -71,6 +71,7 @@ class WaitingDequeues:
         self._address = address
         self._idle: list[Connection] = []
         self._busy: dict[Connection, asyncio.Future[Any] | None] = {}
+        self._opened: set[Connection] = set()
         self._slots = asyncio.Semaphore(size)
         self._recoveries: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -122,18 +123,20 @@ class WaitingDequeues:
     async def close(self, shared: Connection) -> None:
         """Unblock every waiting pop, then close every connection. Idempotent.
 
-        The callers of unblocked pops get the reply of an empty wait.
+        The callers of unblocked pops get the reply of an empty wait. Every
+        connection the pool opened is closed, including those of pops whose
+        callers were cancelled and that are still being recovered.
         """
         self.closed = True
         for client_id in list(self._busy.values()):
             if client_id is not None:
                 await _unblock(shared, client_id)
-        if self._recoveries:
+        while self._recoveries:
             await asyncio.gather(*self._recoveries, return_exceptions=True)
-        connections = self._idle + list(self._busy)
+        connections = list(self._opened)
+        self._opened.clear()
         self._idle = []
-        for connection in connections:
-            await connection.close()
+        await asyncio.gather(*(connection.close() for connection in connections))
 
     async def _checkout(self) -> Connection:
         """Take an idle connection, or open a new one."""
@@ -145,6 +148,7 @@ class WaitingDequeues:
         if self.closed:
             await connection.close()
             raise ValkeyConnectionError(f"queue provider for {self._address} is closed")
+        self._opened.add(connection)
         return connection
 
     def _checkin(self, connection: Connection) -> None:
