@@ -250,3 +250,27 @@ def test_help_of_each_subcommand() -> None:
         assert result.stdout.startswith(f"usage: wfe-valkey {command}"), command
         for option in options:
             assert option in result.stdout, (command, option)
+
+
+async def test_tail_into_a_closed_pipe_exits_quietly(server_url: str, prefix: str) -> None:
+    command = (
+        f"{sys.executable} -m wfe_valkey tail --url {server_url} --prefix {prefix} | head -n 1"
+    )
+    process = await asyncio.create_subprocess_shell(
+        command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(20):
+        listening = await process.stderr.readline()
+    assert listening.decode().startswith("listening on ")
+
+    async with await ValkeyLifecyclePublisher.new(server_url, prefix) as publisher:
+        for n in range(200):
+            await publisher.publish(LifecycleEvent.new(f"wf-{n}", "def-1", 1, events.Started()))
+            await asyncio.sleep(0.001)
+        async with asyncio.timeout(20):
+            output, errors = await process.communicate()
+
+    assert output.decode().count("\n") == 1
+    assert "wf-0" in output.decode()
+    assert errors == b""

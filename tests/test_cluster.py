@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -381,6 +383,40 @@ async def test_subscriber_takes_the_cluster_option(
         async with asyncio.timeout(5):
             received = await anext(subscription)
     assert received == event
+
+
+def test_info_cli_scans_every_primary(cluster: Cluster, other_host: ValkeyCluster) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    resources = [f"wf-{n}" for n in range(30)]
+    for resource in resources:
+        other_host.set(f"{prefix}:lock:{resource}", "token", px=60_000)
+    other_host.lpush(f"{prefix}:queue:event", "event-1", "event-2")
+    owners = {
+        other_host.get_node_from_key(f"{prefix}:lock:{resource}").port for resource in resources
+    }
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wfe_valkey",
+            "info",
+            "--url",
+            cluster.url,
+            "--prefix",
+            prefix,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["queues"] == {"workflow": 0, "event": 2, "index": 0}
+    assert [lock["resource"] for lock in report["locks"]] == sorted(resources)
+    assert len(owners) == 3
 
 
 async def test_start_after_stop_reconnects_to_the_cluster(locks: ValkeyLockProvider) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from .config import parse_url
+from ._provider import open_connection
+from .cluster import ClusterConnection
 from .connection import Connection
 from .contracts import QueueType
 from .errors import InvalidURLError, ReplyError, ValkeyError
@@ -128,14 +130,13 @@ def run_info(arguments: argparse.Namespace) -> int:
 
 async def read_info(url: str, prefix: str) -> dict[str, Any]:
     """Read the queue lengths and the held locks with their time to live."""
-    connection = await Connection.open(parse_url(url), "wfe-valkey-cli")
+    connection = await open_connection(url, {}, "wfe-valkey-cli")
     try:
-        lengths = await connection.execute_many(
-            [("LLEN", f"{prefix}:queue:{queue_type.value}") for queue_type in QueueType]
-        )
-        for length in lengths:
+        keys = [f"{prefix}:queue:{queue_type.value}" for queue_type in QueueType]
+        lengths = await connection.execute_many([("LLEN", key) for key in keys])
+        for key, length in zip(keys, lengths, strict=True):
             if isinstance(length, ReplyError):
-                raise length
+                raise type(length)(f"LLEN {key} failed: {length}")
         queues = {
             queue_type.value: length for queue_type, length in zip(QueueType, lengths, strict=True)
         }
@@ -146,10 +147,24 @@ async def read_info(url: str, prefix: str) -> dict[str, Any]:
 
 
 async def _read_locks(connection: Connection, prefix: str) -> list[dict[str, Any]]:
-    """Find the lock keys with SCAN and read each one's time to live."""
+    """Find the lock keys with SCAN and read each one's time to live.
+
+    On a cluster each primary holds its own keys, so every primary is scanned.
+    """
+    ttls: dict[str, int] = {}
+    if isinstance(connection, ClusterConnection):
+        nodes = await connection.primary_connections()
+    else:
+        nodes = [connection]
+    for node in nodes:
+        await _scan_locks(node, prefix, ttls)
+    return [{"resource": resource, "ttl_ms": ttls[resource]} for resource in sorted(ttls)]
+
+
+async def _scan_locks(connection: Connection, prefix: str, ttls: dict[str, int]) -> None:
+    """Add each lock key of one node, with its time to live, to `ttls`."""
     key_prefix = f"{prefix}:lock:"
     pattern = _escape_glob(key_prefix) + "*"
-    ttls: dict[str, int] = {}
     cursor = b"0"
     while True:
         cursor, keys = await connection.execute(
@@ -163,7 +178,6 @@ async def _read_locks(connection: Connection, prefix: str) -> list[dict[str, Any
                     ttls[key.decode(errors="replace")[len(key_prefix) :]] = ttl
         if cursor == b"0":
             break
-    return [{"resource": resource, "ttl_ms": ttls[resource]} for resource in sorted(ttls)]
 
 
 def format_info(prefix: str, report: dict[str, Any]) -> str:
@@ -249,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     try:
         status = arguments.run(arguments)
+    except BrokenPipeError:
+        # The reader of our output went away (`wfe-valkey tail | head -1`):
+        # not an error. Point stdout at /dev/null so the final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
     except (InvalidURLError, ValkeyError, ValueError, OSError) as exc:
         print(f"wfe-valkey {arguments.command}: error: {exc}", file=sys.stderr)
         status = 2

@@ -344,12 +344,14 @@ class ClusterConnection(Connection):
                 replies[index] = exc
         return replies
 
+    async def primary_connections(self) -> list[Connection]:
+        """Return a connection to every primary, for commands such as SCAN that run per node."""
+        deadline = self._loop.time() + (self.settings.timeout or DEFAULT_TIMEOUT)
+        return [await self._node_connection(address, deadline) for address in list(self._primaries)]
+
     async def _execute_on_every_primary(self, args: tuple[CommandArg, ...]) -> Any:
         """Run a command on every primary; return the first reply."""
-        deadline = self._loop.time() + (self.settings.timeout or DEFAULT_TIMEOUT)
-        connections = [
-            await self._node_connection(address, deadline) for address in list(self._primaries)
-        ]
+        connections = await self.primary_connections()
         results = await asyncio.gather(
             *(connection.execute(*args) for connection in connections), return_exceptions=True
         )
