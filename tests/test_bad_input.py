@@ -72,7 +72,7 @@ def connections_received(server: EmbeddedValkey) -> int:
         ("redis://127.0.0.1:70000", "invalid port"),
         ("redis://127.0.0.1:0", "invalid port 0"),
         ("redis://127.0.0.1:{port}/abc", "invalid database number 'abc'"),
-        ("redis://127.0.0.1:{port}/-1", "invalid database number -1"),
+        ("redis://127.0.0.1:{port}/-1", "invalid database number '-1'"),
         ("redis://127.0.0.1:{port}?db=1.5", "invalid database number '1.5'"),
         ("redis://127.0.0.1:{port}?timeout=-1", "invalid timeout '-1'"),
         ("redis://127.0.0.1:{port}?timeout=soon", "invalid timeout 'soon'"),

@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from wfe_valkey import ConnectionSettings, parse_url
+from wfe_valkey import ConnectionSettings, InvalidURLError, parse_url
 
 
 def test_plain_url_defaults() -> None:
@@ -107,4 +107,39 @@ def test_url_errors_never_show_the_password(url: str) -> None:
         parse_url(url)
 
     assert "sekrit-42" not in str(caught.value)
-    assert "***" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:abc?def@127.0.0.1:6379/0", "redis://:abc#def@h", "redis://:abc/def@h"],
+)
+def test_raw_separator_in_password_is_rejected_unshown(url: str) -> None:
+    with pytest.raises(InvalidURLError, match="percent-encode them as %2F, %3F and %23") as caught:
+        parse_url(url)
+
+    assert "def" not in str(caught.value).replace("%2F", "")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://h/ 1", "invalid database number ' 1'"),
+        ("redis://h/1_0", "invalid database number '1_0'"),
+        ("redis://h/\uff11", "invalid database number '\uff11'"),
+        ("redis://h/99999999999", "invalid database number 99999999999; expected 0 to 2147483647"),
+        ("redis://[::1:6379", r"invalid URL 'redis://\[::1:6379': Invalid IPv6 URL"),
+        ("redis://h/?client_name=a%20b", "invalid client_name 'a b'"),
+    ],
+)
+def test_lenient_forms_are_rejected(url: str, message: str) -> None:
+    with pytest.raises(InvalidURLError, match=message):
+        parse_url(url)
+
+
+def test_non_str_username_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="username must be a str, got list"):
+        parse_url("redis://h", username=["a"], password="x")
+
+
+def test_query_value_may_contain_an_at_sign() -> None:
+    assert parse_url("redis://h/?client_name=a@b").client_name == "a@b"

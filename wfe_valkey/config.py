@@ -20,11 +20,12 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .errors import InvalidURLError
 
@@ -39,6 +40,9 @@ CERT_REQS: Final = {
     "none": ssl.CERT_NONE,
 }
 TRUE_WORDS: Final = {"1", "true", "yes", "on"}
+DIGITS: Final = re.compile(r"[0-9]+")
+# The server's databases setting is an int; SELECT rejects numbers it does not have.
+MAX_DB: Final = 2**31 - 1
 FALSE_WORDS: Final = {"0", "false", "no", "off"}
 
 
@@ -132,6 +136,7 @@ def parse_url(url: str, **overrides: Any) -> ConnectionSettings:
     if not url.strip():
         raise InvalidURLError("url is empty; expected for example redis://127.0.0.1:6379/0")
 
+    _reject_unencoded_credentials(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "unix":
         options = _parse_unix(url)
@@ -147,9 +152,31 @@ def parse_url(url: str, **overrides: Any) -> ConnectionSettings:
     return _build_settings(options)
 
 
+def _reject_unencoded_credentials(url: str) -> None:
+    """Reject a URL whose password holds a raw '?', '#' or '/'.
+
+    Such a URL splits inside the password, and the password's tail would
+    then be read as a path or query option and shown in an error message.
+    """
+    rest = url.partition("://")[2]
+    cut = min((rest.find(mark) for mark in "/?#" if mark in rest), default=len(rest))
+    if "@" not in rest[:cut] and "@" in rest[cut:] and ":" in rest[:cut] + rest[cut:].split("@")[0]:
+        raise InvalidURLError(
+            "the URL has '@' after its host part; if the password contains '/', '?' or '#', "
+            "percent-encode them as %2F, %3F and %23"
+        )
+
+
+def _split(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise InvalidURLError(f"invalid URL {_redact(url)!r}: {exc}") from None
+
+
 def _parse_tcp(url: str, use_tls: bool) -> dict[str, Any]:
     """Read host, port, credentials, database and options of a TCP URL."""
-    parts = urlsplit(url)
+    parts = _split(url)
     options = _parse_query(parts.query)
     options["tls"] = use_tls
 
@@ -181,7 +208,7 @@ def _parse_tcp(url: str, use_tls: bool) -> dict[str, Any]:
 
 def _parse_unix(url: str) -> dict[str, Any]:
     """Read the socket path and options of a ``unix://`` URL."""
-    parts = urlsplit(url)
+    parts = _split(url)
     options = _parse_query(parts.query)
     if not parts.path:
         raise InvalidURLError(f"missing socket path in URL {_redact(url)!r}")
@@ -237,9 +264,9 @@ def _build_settings(options: dict[str, Any]) -> ConnectionSettings:
         port=options.get("port", DEFAULT_PORT),
         unix_path=options.get("unix_path"),
         db=_parse_db(options.get("db", 0)),
-        username=options.get("username"),
-        password=options.get("password"),
-        client_name=options.get("client_name"),
+        username=_optional_str("username", options.get("username")),
+        password=_optional_str("password", options.get("password")),
+        client_name=_parse_client_name(options.get("client_name")),
         timeout=_parse_seconds("timeout", options.get("timeout", DEFAULT_TIMEOUT)),
         connect_timeout=_parse_seconds(
             "connect_timeout", options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
@@ -282,18 +309,35 @@ def _parse_cert_reqs(value: object) -> ssl.VerifyMode:
 
 
 def _parse_db(value: object) -> int:
-    """Return the database number, a non-negative integer."""
-    if isinstance(value, bool):
-        raise InvalidURLError(f"invalid database number {value!r}")
-    try:
-        db = int(str(value))
-    except (TypeError, ValueError):
+    """Return the database number, an integer from 0 to MAX_DB."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        db = value
+    elif isinstance(value, str) and DIGITS.fullmatch(value):
+        db = int(value)
+    else:
         raise InvalidURLError(
             f"invalid database number {value!r}; expected an integer of 0 or more"
-        ) from None
-    if db < 0:
-        raise InvalidURLError(f"invalid database number {db}; expected 0 or more")
+        )
+    if not 0 <= db <= MAX_DB:
+        raise InvalidURLError(f"invalid database number {db}; expected 0 to {MAX_DB}")
     return db
+
+
+def _optional_str(name: str, value: object) -> str | None:
+    """Return a text option, which must be a `str` when given."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _parse_client_name(value: object) -> str | None:
+    """Return the client name; CLIENT SETNAME rejects spaces and newlines."""
+    name = _optional_str("client_name", value)
+    if name is not None and (not name or any(char.isspace() for char in name)):
+        raise InvalidURLError(
+            f"invalid client_name {name!r}; expected a non-empty name without spaces"
+        )
+    return name
 
 
 def _parse_seconds(name: str, value: object) -> float | None:
