@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -173,3 +174,25 @@ async def test_commands_time_out_after_hang_drop(
 
     assert await locks.acquire_lock("after") is True
     await locks.close()
+
+
+async def test_many_callers_on_frozen_server_all_time_out(
+    private_server: EmbeddedValkey, freeze: Freeze, prefix: str
+) -> None:
+    locks = await ValkeyLockProvider.new(private_server.url, prefix, timeout=0.5)
+
+    with freeze(private_server):
+        # Spread the calls over several loop turns, so their deadlines differ.
+        calls = []
+        for n in range(200):
+            calls.append(asyncio.ensure_future(locks.acquire_lock(f"wf-{n}")))
+            if n % 20 == 0:
+                await asyncio.sleep(0.005)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+
+    kinds = Counter(type(result).__name__ for result in results)
+    assert all(isinstance(result, ValkeyTimeoutError) for result in results), kinds
+    assert all(isinstance(result, TimeoutError) for result in results)
+    assert await locks.acquire_lock("after-thaw") is True
+    await locks.close()
+

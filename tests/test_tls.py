@@ -11,10 +11,12 @@ the tests are skipped with that reason, unless WFE_VALKEY_REQUIRE_TLS=1
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -288,3 +290,25 @@ async def test_ca_file_that_is_not_pem_is_named(
 def test_tls_options_need_a_tls_scheme() -> None:
     with pytest.raises(InvalidURLError, match="option 'ssl_ca_certs' needs a TLS URL"):
         parse_url("redis://127.0.0.1:6379?ssl_ca_certs=/ca.pem")
+
+
+async def test_close_with_frozen_tls_server_is_bounded(
+    tls_server: TLSServer,
+    freeze: Callable[[EmbeddedValkey], AbstractContextManager[int]],
+    prefix: str,
+) -> None:
+    ca = tls_server.certificates.ca_cert
+    locks = await ValkeyLockProvider.new(
+        tls_server.url(query=f"?ssl_ca_certs={ca}"), prefix, timeout=0.5
+    )
+    wire = locks._connection._wire
+    assert wire is not None
+    loop = asyncio.get_running_loop()
+
+    with freeze(tls_server.server):
+        started = loop.time()
+        await locks.close()
+        elapsed = loop.time() - started
+
+    assert wire.lost is True
+    assert elapsed < 5.0, f"close took {elapsed:.1f} s"

@@ -47,6 +47,7 @@ from .errors import (
     AuthenticationError,
     ConnectionLostError,
     LoadingError,
+    NoReplyError,
     ProtocolError,
     ReadOnlyError,
     ReplyError,
@@ -77,6 +78,9 @@ LOADING_RETRY_DELAY: Final = 0.1
 # they add up to EARLY_FLUSH_BYTES, so the transport sees the high-water
 # mark within the turn. The memory held per socket is thus at most the
 # high-water mark plus two early-flush batches, however many callers there are.
+# Seconds close() waits for the socket to close after the last reply.
+CLOSE_WAIT: Final = 1.0
+
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
 WRITE_LOW_WATER: Final = 1024 * 1024
 EARLY_FLUSH_BYTES: Final = 256 * 1024
@@ -185,6 +189,7 @@ class _Wire(asyncio.Protocol):
         # the socket is closing; read on every command, so a plain attribute.
         self.writable = True
         self._lost_reason: str | None = None
+        self._server_hung = False
         self.lost = False
 
     # asyncio callbacks
@@ -371,6 +376,7 @@ class _Wire(asyncio.Protocol):
         # and a reconnect starts. Callers that were cancelled meanwhile count too.
         expired_any = index > first_new
         if expired_any and now - self._last_received >= (self._timeout or 0.0):
+            self._server_hung = True
             self.abort(f"no reply for {self._timeout} s")
             return
         if index < len(pending):
@@ -424,7 +430,15 @@ class _Wire(asyncio.Protocol):
         for position, (waiter, _, _) in enumerate(self._pending):
             if waiter.done():
                 continue
-            if position < written:
+            if position < written and self._server_hung:
+                waiter.set_exception(
+                    NoReplyError(
+                        f"no reply from {address} within {self._timeout} s, so the connection "
+                        "was dropped after the command was written; it may or may not have "
+                        "been applied"
+                    )
+                )
+            elif position < written:
                 waiter.set_exception(
                     ConnectionLostError(
                         f"connection to {address} lost ({reason}) after the command was "
@@ -770,9 +784,21 @@ class Connection:
         wire.flush_now()
         await self._wait_for_replies(wire)
         wire.close()
-        while not wire.lost:
-            await asyncio.sleep(0.001)
+        await self._wait_for_socket_closed(wire)
         logger.info("closed connection to %s", self.settings.address)
+
+    async def _wait_for_socket_closed(self, wire: _Wire) -> None:
+        """Wait for the socket to close; abort it if that takes over CLOSE_WAIT seconds.
+
+        A TLS close waits for the server's reply to its close_notify, which
+        a hung server never sends.
+        """
+        deadline = self._loop.time() + CLOSE_WAIT
+        while not wire.lost:
+            if self._loop.time() >= deadline:
+                wire.abort("close timed out")
+                deadline = float("inf")
+            await asyncio.sleep(0.001)
 
     async def _wait_for_replies(self, wire: _Wire) -> None:
         """Wait until every written command has its reply, up to the timeout."""

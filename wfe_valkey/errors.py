@@ -28,6 +28,15 @@ class ValkeyTimeoutError(ValkeyError, TimeoutError):
     """A connect or a command did not finish within its timeout."""
 
 
+class NoReplyError(ConnectionLostError, ValkeyTimeoutError):
+    """The server stopped replying, so the connection was dropped.
+
+    The command was written and may or may not have been applied. It is
+    both a `ConnectionLostError` and a `ValkeyTimeoutError` (so also a
+    `TimeoutError`): callers that handle either see it.
+    """
+
+
 class ProtocolError(ValkeyError):
     """The server sent bytes that are not valid RESP."""
 

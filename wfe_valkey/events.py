@@ -28,8 +28,12 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 JSON_NAMES: Final[dict[type, str]] = {str: "string", int: "integer"}
 MIN_TIME_NS: Final = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1) * 1000
 MAX_TIME_NS: Final = (
-    datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - EPOCH
-) // timedelta(seconds=1) * NANOS_PER_SECOND + NANOS_PER_SECOND - 1
+    (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - EPOCH)
+    // timedelta(seconds=1)
+    * NANOS_PER_SECOND
+    + NANOS_PER_SECOND
+    - 1
+)
 
 
 class InvalidEventError(ValueError):
