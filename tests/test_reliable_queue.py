@@ -411,3 +411,26 @@ async def test_close_right_after_a_cancel_closes_every_connection(
             break
         await asyncio.sleep(0.01)
     assert clients_named(other_host, prefix) == 0
+
+
+async def test_close_gives_none_to_reliable_dequeues_waiting_for_a_connection(
+    server_url: str, prefix: str, other_host: valkey.Valkey
+) -> None:
+    provider = await ReliableQueueProvider.new(
+        server_url,
+        prefix,
+        host_id="host-a",
+        dequeue_wait=5.0,
+        dequeue_connections=1,
+        client_name=prefix,
+    )
+    dequeues = [asyncio.create_task(provider.dequeue_work(QueueType.WORKFLOW)) for _ in range(3)]
+    async with asyncio.timeout(5):
+        while clients_named(other_host, prefix, "blmove") != 1:
+            await asyncio.sleep(0.005)
+
+    async with asyncio.timeout(3):
+        await provider.close()
+        results = await asyncio.gather(*dequeues, return_exceptions=True)
+
+    assert results == [None, None, None]

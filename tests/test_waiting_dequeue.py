@@ -11,6 +11,7 @@ import valkey
 
 from wfe_valkey import QueueType, ValkeyLockProvider, ValkeyQueueProvider
 from wfe_valkey.embedded import EmbeddedValkey
+from wfe_valkey.errors import ValkeyConnectionError
 
 # These tests count the server's blocked clients, so each runs on a server
 # of its own where no other test blocks a client.
@@ -296,3 +297,28 @@ async def test_close_right_after_a_cancel_closes_every_waiting_connection(
         await dequeue
     assert await clients_named(other_host, "wfe-valkey-queue-wait", 0) == 0
     assert await clients_named(other_host, "wfe-valkey-queue", 0) == 0
+
+
+async def test_close_gives_none_to_dequeues_waiting_for_a_connection(
+    server_url: str, prefix: str, other_host: valkey.Valkey
+) -> None:
+    provider = await ValkeyQueueProvider.new(
+        server_url, prefix, dequeue_wait=5.0, dequeue_connections=1
+    )
+    dequeues = [asyncio.create_task(provider.dequeue_work(QueueType.WORKFLOW)) for _ in range(3)]
+    await wait_for_blocked_clients(other_host, 1)
+
+    async with asyncio.timeout(3):
+        await provider.close()
+        results = await asyncio.gather(*dequeues, return_exceptions=True)
+
+    assert results == [None, None, None]
+
+
+async def test_waiting_dequeue_on_a_stopped_provider_raises(
+    waiting: ValkeyQueueProvider,
+) -> None:
+    await waiting.stop()
+
+    with pytest.raises(ValkeyConnectionError, match=r"queue provider for .+ is closed"):
+        await waiting.dequeue_work(QueueType.WORKFLOW)

@@ -85,19 +85,27 @@ class WaitingDequeues:
         """Run one blocking command on a pooled connection and return its reply.
 
         Returns `NO_CONNECTION` when every connection stayed busy for `wait`
-        seconds. `shared` is the provider's own connection, used to unblock
-        a pop whose caller was cancelled.
+        seconds, and `None`, the reply of an empty wait, when the pool is
+        closed while the caller waits for a connection or for the reply.
+        Raises `ValkeyConnectionError` when the pool was already closed.
+        `shared` is the provider's own connection, used to unblock a pop
+        whose caller was cancelled.
         """
+        if self.closed:
+            raise ValkeyConnectionError(f"queue provider for {self._address} is closed")
         try:
             async with asyncio.timeout(self.wait):
                 await self._slots.acquire()
         except TimeoutError:
-            return NO_CONNECTION
+            return None if self.closed else NO_CONNECTION
         try:
             connection = await self._checkout()
         except BaseException:
             self._slots.release()
             raise
+        if connection is None:
+            self._slots.release()
+            return None
 
         client_id: asyncio.Future[Any] | None = None
         if self.can_unblock:
@@ -138,16 +146,16 @@ class WaitingDequeues:
         self._idle = []
         await asyncio.gather(*(connection.close() for connection in connections))
 
-    async def _checkout(self) -> Connection:
-        """Take an idle connection, or open a new one."""
+    async def _checkout(self) -> Connection | None:
+        """Take an idle connection, or open a new one; `None` once the pool is closed."""
         if self.closed:
-            raise ValkeyConnectionError(f"queue provider for {self._address} is closed")
+            return None
         if self._idle:
             return self._idle.pop()
         connection = await self._open_connection()
         if self.closed:
             await connection.close()
-            raise ValkeyConnectionError(f"queue provider for {self._address} is closed")
+            return None
         self._opened.add(connection)
         return connection
 
@@ -307,7 +315,9 @@ class ValkeyQueueProvider(ValkeyProvider):
 
         Without `dequeue_wait` this returns at once. With it, this waits up
         to `dequeue_wait` seconds for an id, and gives `None` also when the
-        provider is closed during the wait.
+        provider is stopped during the wait, including while the dequeue
+        waits for a free connection. On a provider already stopped it
+        raises `ValkeyConnectionError`.
         """
         if self._waiting is not None:
             return await self._dequeue_waiting(queue_type)

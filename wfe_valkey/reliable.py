@@ -219,8 +219,8 @@ class ReliableQueueProvider(ValkeyQueueProvider):
         """Move the oldest id into this host's in-flight list and return it.
 
         Returns `None` when the queue is empty, at once or after
-        `dequeue_wait`. Acknowledge the id with `ack_work` once its work
-        is done.
+        `dequeue_wait`, or when the provider is stopped during the wait.
+        Acknowledge the id with `ack_work` once its work is done.
         """
         queue = self.queue_key(queue_type)
         in_flight = self._in_flight_keys[queue_type]
