@@ -696,7 +696,16 @@ class Connection:
     def _lost_in_handshake(self, reason: str | None) -> str:
         """Describe a socket that dropped during the handshake, with a hint for TLS."""
         message = f"handshake with {self.settings.address} failed: connection lost ({reason})"
-        return message + _client_certificate_hint(reason or "")
+        hint = _client_certificate_hint(reason or "")
+        tls = self.settings.tls
+        if not hint and tls is not None and tls.certfile is None:
+            # Under TLS 1.3 a server that rejects the missing client
+            # certificate may only reset the socket, after the TLS handshake.
+            hint = (
+                "; if the server requires a client certificate, set ssl_certfile and "
+                "ssl_keyfile"
+            )
+        return message + hint
 
     def _handshake_error(self, command: tuple[CommandArg, ...], reply: ReplyError) -> ValkeyError:
         """Describe a failed handshake step without revealing the password."""
