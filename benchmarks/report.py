@@ -39,6 +39,8 @@ class Measurement:
     ids_per_cycle: int
     best_seconds: float
     median_seconds: float
+    # The least CPU time of this process in one round, all threads.
+    cpu_seconds: float
 
     @property
     def cycles_per_second(self) -> float:
@@ -47,6 +49,10 @@ class Measurement:
     @property
     def median_cycles_per_second(self) -> float:
         return self.cycles / self.median_seconds
+
+    @property
+    def cpu_per_cycle(self) -> float:
+        return self.cpu_seconds / self.cycles
 
 
 @dataclass
@@ -61,15 +67,19 @@ class ResultsBook:
     def add(self, measurement: Measurement) -> None:
         self.measurements.append(measurement)
 
-    def rate(self, workload: str, tasks: int, client: str) -> float | None:
+    def find(self, workload: str, tasks: int, client: str) -> Measurement | None:
         for measurement in self.measurements:
             if (measurement.workload, measurement.tasks, measurement.client) == (
                 workload,
                 tasks,
                 client,
             ):
-                return measurement.cycles_per_second
+                return measurement
         return None
+
+    def rate(self, workload: str, tasks: int, client: str) -> float | None:
+        measurement = self.find(workload, tasks, client)
+        return None if measurement is None else measurement.cycles_per_second
 
     # saving
 
@@ -82,6 +92,7 @@ class ResultsBook:
                     **asdict(measurement),
                     "cycles_per_second": measurement.cycles_per_second,
                     "median_cycles_per_second": measurement.median_cycles_per_second,
+                    "cpu_us_per_cycle": measurement.cpu_per_cycle * 1e6,
                 }
                 for measurement in self.measurements
             ],
@@ -128,31 +139,50 @@ class ResultsBook:
         return lines
 
     def goal_lines(self) -> list[str]:
-        lines = [f"goals (ratios from this run, {GOAL_TASKS} tasks unless stated):"]
+        lines = [
+            f"goals (ratios from this run, {GOAL_TASKS} tasks unless stated; best round, "
+            "then median round, then client CPU per cycle):"
+        ]
         for workload in ("lock", "queue"):
-            ours = self.rate(workload, GOAL_TASKS, OURS)
+            ours = self.find(workload, GOAL_TASKS, OURS)
             for peer, target in THROUGHPUT_GOALS:
-                theirs = self.rate(workload, GOAL_TASKS, peer)
+                theirs = self.find(workload, GOAL_TASKS, peer)
                 if ours is None or theirs is None:
                     lines.append(f"  {workload} cycles/s vs {peer}: not measured")
                     continue
-                ratio = ours / theirs
+                ratio = ours.cycles_per_second / theirs.cycles_per_second
+                median = ours.median_cycles_per_second / theirs.median_cycles_per_second
+                cpu = theirs.cpu_per_cycle / ours.cpu_per_cycle
                 verdict = "met" if ratio >= target else "MISSED"
                 lines.append(
-                    f"  {workload} cycles/s vs {peer}: {ratio:.2f}x (goal >= {target}x) {verdict}"
+                    f"  {workload} cycles/s vs {peer}: {ratio:.2f}x (goal >= {target}x) {verdict};"
+                    f" median {median:.2f}x; CPU {cpu:.2f}x"
                 )
         peer, limit = SINGLE_CALLER_GOAL
-        ours = self.rate("lock", 1, OURS)
-        theirs = self.rate("lock", 1, peer)
+        ours = self.find("lock", 1, OURS)
+        theirs = self.find("lock", 1, peer)
         if ours is None or theirs is None:
             lines.append(f"  1-task time per lock cycle vs {peer}: not measured")
         else:
-            ratio = theirs / ours
+            ratio = theirs.cycles_per_second / ours.cycles_per_second
             verdict = "met" if ratio <= limit else "MISSED"
             lines.append(
-                f"  1-task time per lock cycle vs {peer}: {1e6 / ours:.1f} us vs "
-                f"{1e6 / theirs:.1f} us = {ratio:.2f}x (goal <= {limit}x) {verdict}"
+                f"  1-task time per lock cycle vs {peer}: {1e6 / ours.cycles_per_second:.1f} us vs "
+                f"{1e6 / theirs.cycles_per_second:.1f} us = {ratio:.2f}x (goal <= {limit}x) "
+                f"{verdict}"
             )
+        lines.append("")
+        lines.append(f"client CPU per cycle at {GOAL_TASKS} tasks, in microseconds (this process):")
+        clients = _ordered_clients(self.measurements)
+        lines.append(f"{'':>16}" + "".join(f"{client:>16}" for client in clients))
+        for workload, title in _ordered_workloads(self.measurements):
+            cells = []
+            for client in clients:
+                measurement = self.find(workload, GOAL_TASKS, client)
+                cells.append(
+                    "-" if measurement is None else f"{measurement.cpu_per_cycle * 1e6:.1f}"
+                )
+            lines.append(f"{title:>16}" + "".join(f"{cell:>16}" for cell in cells))
         return lines
 
 
