@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
 import valkey
 
 from wfe_valkey import QueueProvider, QueueType, ValkeyQueueProvider
+from wfe_valkey.errors import ValkeyConnectionError
 
 
 async def test_three_ids_come_back_fifo(queues: ValkeyQueueProvider) -> None:
@@ -131,3 +136,76 @@ async def test_queue_work_many_of_nothing_sends_nothing(
 
 async def test_provider_satisfies_the_protocol(queues: ValkeyQueueProvider) -> None:
     assert isinstance(queues, QueueProvider)
+
+
+@pytest.fixture
+async def named(server_url: str, prefix: str) -> AsyncIterator[ValkeyQueueProvider]:
+    """A provider whose connections carry the test's prefix as their client name."""
+    provider = await ValkeyQueueProvider.new(server_url, prefix, client_name=prefix)
+    yield provider
+    await provider.close()
+
+
+async def connections_named(other_host: valkey.Valkey, name: str, count: int) -> int:
+    """Count the server's clients named `name`, waiting up to 2 s for `count`.
+
+    The server sees a closed connection go a moment after the client closed it.
+    """
+    for _ in range(200):
+        found = [client["name"] for client in other_host.client_list()].count(name)
+        if found == count:
+            break
+        await asyncio.sleep(0.01)
+    return found
+
+
+async def test_concurrent_starts_open_one_connection(
+    named: ValkeyQueueProvider, other_host: valkey.Valkey
+) -> None:
+    await named.stop()
+
+    await asyncio.gather(named.start(), named.start(), named.start())
+    opened = await connections_named(other_host, named.prefix, 1)
+    await named.stop()
+
+    assert opened == 1
+    assert await connections_named(other_host, named.prefix, 0) == 0
+
+
+async def test_stop_called_after_start_leaves_the_provider_stopped(
+    named: ValkeyQueueProvider, other_host: valkey.Valkey
+) -> None:
+    start = asyncio.create_task(named.start())
+    await named.stop()
+    await start
+
+    assert await connections_named(other_host, named.prefix, 0) == 0
+    with pytest.raises(ValkeyConnectionError, match="is closed"):
+        await named.queue_work("wf-1", QueueType.WORKFLOW)
+
+
+async def test_stop_during_a_start_leaves_the_provider_stopped(
+    named: ValkeyQueueProvider, other_host: valkey.Valkey
+) -> None:
+    await named.stop()
+    start = asyncio.create_task(named.start())
+    await asyncio.sleep(0)
+
+    await named.stop()
+    await start
+
+    assert await connections_named(other_host, named.prefix, 0) == 0
+    with pytest.raises(ValkeyConnectionError, match="is closed"):
+        await named.queue_work("wf-1", QueueType.WORKFLOW)
+
+
+async def test_start_called_after_stop_leaves_the_provider_open(
+    named: ValkeyQueueProvider, other_host: valkey.Valkey
+) -> None:
+    stop = asyncio.create_task(named.stop())
+    await named.start()
+    await stop
+
+    await named.queue_work("wf-1", QueueType.WORKFLOW)
+    assert await named.dequeue_work(QueueType.WORKFLOW) == "wf-1"
+    assert await connections_named(other_host, named.prefix, 1) == 1

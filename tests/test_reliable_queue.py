@@ -434,3 +434,23 @@ async def test_close_gives_none_to_reliable_dequeues_waiting_for_a_connection(
         results = await asyncio.gather(*dequeues, return_exceptions=True)
 
     assert results == [None, None, None]
+
+
+async def test_concurrent_starts_open_one_connection_and_stop_closes_it(
+    server_url: str, prefix: str, other_host: valkey.Valkey
+) -> None:
+    provider = await ReliableQueueProvider.new(
+        server_url, prefix, host_id="host-a", client_name=prefix
+    )
+    await provider.stop()
+
+    await asyncio.gather(provider.start(), provider.start(), provider.start())
+    opened = clients_named(other_host, prefix)
+    await provider.stop()
+    for _ in range(200):
+        if clients_named(other_host, prefix) == 0:
+            break
+        await asyncio.sleep(0.01)
+
+    assert opened == 1
+    assert clients_named(other_host, prefix) == 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import inspect
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from .cluster import ClusterConnection, adopt_if_cluster, take_cluster_option
 from .config import ConnectionSettings, parse_url
@@ -12,13 +14,28 @@ from .connection import Connection, State
 from .errors import InvalidURLError
 from .sentinel import SentinelConnection, is_sentinel_url, open_sentinel_connection
 
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _coroutine_function(function: _Function) -> _Function:
+    """Mark a function that returns a coroutine so that `inspect` sees a coroutine function.
+
+    Python 3.11 has no such mark; there `inspect.iscoroutinefunction` says
+    `False` for these methods, though awaiting them works the same.
+    """
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    return function if mark is None else mark(function)
+
 
 class ValkeyProvider:
     """Owns one multiplexed connection, opened by `new()`.
 
-    `start()` and `stop()` may be called any number of times in any order:
-    `stop()` closes the connection and `start()` opens it again. `close()`
-    is `stop()`, and `async with provider:` closes it on exit.
+    `start()` and `stop()` may be called any number of times in any order,
+    also concurrently: `stop()` closes the connection and `start()` opens
+    it again. They run one at a time, and the provider ends in the state
+    of the last call made, counted from when `start()` or `stop()` is
+    called, not from when its coroutine first runs. `close()` is `stop()`,
+    and `async with provider:` closes it on exit.
     """
 
     client_name = "wfe-valkey"
@@ -26,6 +43,8 @@ class ValkeyProvider:
     def __init__(self, connection: Connection, prefix: str) -> None:
         self._connection = connection
         self.prefix = prefix
+        self._wanted_open = True
+        self._life_lock = asyncio.Lock()
 
     @property
     def settings(self) -> ConnectionSettings:
@@ -35,19 +54,47 @@ class ValkeyProvider:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} prefix={self.prefix!r} {self._connection!r}>"
 
-    async def start(self) -> None:
-        """Open the connection again if `stop()` closed it; idempotent."""
+    @_coroutine_function
+    def start(self) -> Coroutine[Any, Any, None]:
+        """Open the connection again if `stop()` closed it; idempotent.
+
+        Returns once the provider is open, or stopped again by a `stop()`
+        called after this `start()`.
+        """
+        self._wanted_open = True
+        return self._settle()
+
+    @_coroutine_function
+    def stop(self) -> Coroutine[Any, Any, None]:
+        """Close the connection; idempotent.
+
+        A `start()` called before this one and still running is undone.
+        """
+        self._wanted_open = False
+        return self._settle()
+
+    @_coroutine_function
+    def close(self) -> Coroutine[Any, Any, None]:
+        """Close the connection; the same as `stop()`."""
+        return self.stop()
+
+    async def _settle(self) -> None:
+        """Open or close the provider, as the last `start()` or `stop()` asked."""
+        async with self._life_lock:
+            if self._wanted_open:
+                await self._open()
+            else:
+                await self._close()
+
+    async def _open(self) -> None:
+        """Open what `_close()` closed; called only under the life lock."""
         if self._connection.state is State.CLOSED:
             self._connection = await reopen_connection(
                 self._connection, self.client_name, self._scripts()
             )
 
-    async def stop(self) -> None:
-        """Close the connection; idempotent."""
-        await self._connection.close()
-
-    async def close(self) -> None:
-        """Close the connection; the same as `stop()`."""
+    async def _close(self) -> None:
+        """Close the connection; called only under the life lock."""
         await self._connection.close()
 
     async def __aenter__(self) -> Self:

@@ -253,21 +253,17 @@ class ValkeyQueueProvider(ValkeyProvider):
         provider._remember_url(url, options)
         return provider
 
-    async def start(self) -> None:
-        """Open the connection again if `stop()` closed it; idempotent."""
-        await super().start()
+    async def _open(self) -> None:
+        """Open the connection again if `stop()` closed it, with a new dequeue pool."""
+        await super()._open()
         if self._waiting is not None and self._waiting.closed:
             self._waiting = self._new_pool()
 
-    async def stop(self) -> None:
-        """End waiting dequeues and close every connection; idempotent."""
+    async def _close(self) -> None:
+        """End waiting dequeues and close every connection."""
         if self._waiting is not None:
             await self._waiting.close(self._connection)
-        await super().stop()
-
-    async def close(self) -> None:
-        """End waiting dequeues and close every connection; the same as `stop()`."""
-        await self.stop()
+        await super()._close()
 
     def _remember_url(self, url: str, options: dict[str, Any]) -> None:
         """Keep what `new()` connected with, to open waiting connections alike."""

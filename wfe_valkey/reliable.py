@@ -119,6 +119,13 @@ class ReliableQueueProvider(ValkeyQueueProvider):
     `visibility_timeout` seconds, another host puts the id back in the
     queue. Work may take longer than the visibility timeout as long as the
     host keeps running: the heartbeat, not the age of the id, decides.
+
+    `stop()` stops heartbeating and closes every connection; `start()`
+    opens them again and resumes heartbeating. Ids still in flight at
+    `stop()` go back to the queue at the first recovery by a live host
+    after the heartbeat key expires, which takes up to
+    `visibility_timeout` plus that host's heartbeat interval. Call
+    `requeue_in_flight()` before stopping to put them back at once.
     """
 
     client_name = "wfe-valkey-reliable-queue"
@@ -292,26 +299,20 @@ class ReliableQueueProvider(ValkeyQueueProvider):
 
     # life cycle
 
-    async def start(self) -> None:
-        """Open the connection again if `stop()` closed it, and heartbeat; idempotent."""
-        await super().start()
+    async def _open(self) -> None:
+        """Open the connection again if `stop()` closed it, and heartbeat."""
+        await super()._open()
         if self._heartbeat_task is None:
             await self._start_heartbeat()
 
-    async def stop(self) -> None:
-        """Stop heartbeating and close every connection; idempotent.
-
-        Ids still in flight go back to the queue at the first recovery by a
-        live host after the heartbeat key expires, which takes up to
-        `visibility_timeout` plus that host's heartbeat interval. Call
-        `requeue_in_flight()` before stopping to put them back at once.
-        """
+    async def _close(self) -> None:
+        """Stop heartbeating and close every connection."""
         task = self._heartbeat_task
         self._heartbeat_task = None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await super().stop()
+        await super()._close()
 
     async def _start_heartbeat(self) -> None:
         await self._beat()
