@@ -10,6 +10,7 @@ import pytest
 import valkey
 
 from wfe_valkey import LockNotAcquired, ValkeyLockProvider
+from wfe_valkey.lock import LeaseState
 
 
 def lock_key(locks: ValkeyLockProvider, resource: str) -> str:
@@ -229,3 +230,70 @@ async def test_waiting_acquires_take_turns(server_url: str, prefix: str) -> None
 
     assert overlaps == 0
     assert inside == 0
+
+
+async def test_lease_repr_shows_held_inside_the_block(locks: ValkeyLockProvider) -> None:
+    lease = locks.hold("wf-1")
+
+    async with lease:
+        inside = repr(lease)
+
+    assert inside == "<LockLease resource='wf-1' held renewals=0>"
+
+
+async def test_lease_repr_shows_released_after_the_block(
+    locks: ValkeyLockProvider, other_host: valkey.Valkey
+) -> None:
+    lease = locks.hold("wf-1")
+
+    async with lease:
+        pass
+
+    assert repr(lease) == "<LockLease resource='wf-1' released renewals=0>"
+    assert lease.state is LeaseState.RELEASED
+    assert other_host.exists(lock_key(locks, "wf-1")) == 0
+
+
+async def test_lease_repr_shows_lost_after_the_block(
+    locks: ValkeyLockProvider, other_host: valkey.Valkey
+) -> None:
+    locks.with_lock_duration(timedelta(milliseconds=300))
+    lease = locks.hold("wf-1")
+
+    async with lease:
+        other_host.delete(lock_key(locks, "wf-1"))
+        await wait_until_set(lease.lost)
+
+    assert repr(lease) == "<LockLease resource='wf-1' lost, released renewals=0>"
+
+
+async def test_released_lease_cannot_be_entered_again(
+    locks: ValkeyLockProvider, other_host: valkey.Valkey
+) -> None:
+    lease = locks.hold("wf-1")
+    async with lease:
+        pass
+
+    with pytest.raises(RuntimeError, match=r"\(released\); a lease is single-use, call hold"):
+        async with lease:
+            pass
+
+    assert repr(lease) == "<LockLease resource='wf-1' released renewals=0>"
+    assert other_host.exists(lock_key(locks, "wf-1")) == 0
+
+
+async def test_lease_not_acquired_cannot_be_entered_again(
+    locks: ValkeyLockProvider, other_host: valkey.Valkey
+) -> None:
+    other_host.set(lock_key(locks, "wf-1"), "rust-host-token", px=30_000)
+    lease = locks.hold("wf-1")
+    with pytest.raises(LockNotAcquired):
+        async with lease:
+            pass
+    other_host.delete(lock_key(locks, "wf-1"))
+
+    with pytest.raises(RuntimeError, match=r"\(not acquired\); a lease is single-use"):
+        async with lease:
+            pass
+
+    assert other_host.exists(lock_key(locks, "wf-1")) == 0

@@ -14,6 +14,7 @@ block of code runs. The keys and values stay those of the contract.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 import math
@@ -162,7 +163,8 @@ class ValkeyLockProvider(ValkeyProvider):
         block runs, the lock's expiry is renewed every third of the lock
         duration. If a renewal finds the lock expired or taken,
         `lease.lost` is set and a warning is logged; the block is not
-        interrupted. Leaving the block releases the lock.
+        interrupted. Leaving the block releases the lock. The lease returned
+        is single-use: entering it a second time raises `RuntimeError`.
         """
         if resource.__class__ is not str or not resource or not resource.isascii():
             reject_id("resource", resource)
@@ -184,13 +186,26 @@ class ValkeyLockProvider(ValkeyProvider):
         return [(RELEASE_SHA, RELEASE_SCRIPT), (EXTEND_SHA, EXTEND_SCRIPT)]
 
 
+class LeaseState(enum.Enum):
+    """Where a `LockLease` is in its single use."""
+
+    NOT_ENTERED = "not entered"
+    ACQUIRING = "acquiring"
+    NOT_ACQUIRED = "not acquired"
+    HELD = "held"
+    RELEASED = "released"
+    RELEASE_FAILED = "release failed"
+
+
 class LockLease:
     """A lock kept alive while an ``async with`` block runs; see `hold()`.
 
-    `lost` is set when a renewal found the lock expired or taken by
-    another holder, or when no renewal succeeded for a whole lock duration
-    (for example while the server was unreachable). `renewals` counts the
-    successful renewals.
+    A lease is single-use. Entering it a second time, during or after its
+    block, raises `RuntimeError`, so call `hold()` again for a new lease.
+    `state` is where the lease is in its use. `lost` is set when a
+    renewal found the lock expired or taken by another holder, or when no
+    renewal succeeded for a whole lock duration (for example while the
+    server was unreachable). `renewals` counts the successful renewals.
     """
 
     def __init__(self, provider: ValkeyLockProvider, resource: str, wait: float | None) -> None:
@@ -199,22 +214,31 @@ class LockLease:
         self.wait = wait
         self.lost = asyncio.Event()
         self.renewals = 0
+        self.state = LeaseState.NOT_ENTERED
         self._renewer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
+        state = self.state.value
         if self.lost.is_set():
-            state = "lost"
-        elif self._renewer is not None:
-            state = "held"
-        else:
-            state = "not held"
+            state = f"lost, {state}" if self.state is not LeaseState.HELD else "lost"
         return f"<LockLease resource={self.resource!r} {state} renewals={self.renewals}>"
 
     async def __aenter__(self) -> Self:
-        if self._renewer is not None:
-            raise RuntimeError(f"the lease on {self.resource!r} is already entered")
-        if not await self.provider.acquire_lock(self.resource, self.wait):
+        if self.state is not LeaseState.NOT_ENTERED:
+            raise RuntimeError(
+                f"the lease on {self.resource!r} was already entered ({self.state.value}); "
+                "a lease is single-use, call hold() again for a new one"
+            )
+        self.state = LeaseState.ACQUIRING
+        try:
+            acquired = await self.provider.acquire_lock(self.resource, self.wait)
+        except BaseException:
+            self.state = LeaseState.NOT_ACQUIRED
+            raise
+        if not acquired:
+            self.state = LeaseState.NOT_ACQUIRED
             raise LockNotAcquired(self.resource, self.wait)
+        self.state = LeaseState.HELD
         self._renewer = asyncio.create_task(self._renew())
         return self
 
@@ -232,7 +256,13 @@ class LockLease:
             await self.provider.release_lock(self.resource)
         except ValkeyError as error:
             # The lock then expires by itself within one lock duration.
+            self.state = LeaseState.RELEASE_FAILED
             logger.warning("failed to release lock %r: %s", self.resource, error)
+            return
+        except BaseException:
+            self.state = LeaseState.RELEASE_FAILED
+            raise
+        self.state = LeaseState.RELEASED
 
     async def _renew(self) -> None:
         """Extend the lock every third of its duration until cancelled or lost."""
