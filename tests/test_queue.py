@@ -149,7 +149,8 @@ async def named(server_url: str, prefix: str) -> AsyncIterator[ValkeyQueueProvid
 async def connections_named(other_host: valkey.Valkey, name: str, count: int) -> int:
     """Count the server's clients named `name`, waiting up to 2 s for `count`.
 
-    The server sees a closed connection go a moment after the client closed it.
+    The server drops a closed connection from its list a moment after the
+    client closed it.
     """
     for _ in range(200):
         found = [client["name"] for client in other_host.client_list()].count(name)

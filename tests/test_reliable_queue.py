@@ -390,7 +390,7 @@ def clients_named(other_host: valkey.Valkey, name: str, command: str | None = No
     )
 
 
-async def test_close_right_after_a_cancel_closes_every_connection(
+async def test_close_after_cancel_closes_connections(
     server_url: str, prefix: str, other_host: valkey.Valkey
 ) -> None:
     provider = await ReliableQueueProvider.new(
@@ -413,7 +413,7 @@ async def test_close_right_after_a_cancel_closes_every_connection(
     assert clients_named(other_host, prefix) == 0
 
 
-async def test_close_gives_none_to_reliable_dequeues_waiting_for_a_connection(
+async def test_close_gives_none_to_queued_dequeues(
     server_url: str, prefix: str, other_host: valkey.Valkey
 ) -> None:
     provider = await ReliableQueueProvider.new(
@@ -436,7 +436,7 @@ async def test_close_gives_none_to_reliable_dequeues_waiting_for_a_connection(
     assert results == [None, None, None]
 
 
-async def test_concurrent_starts_open_one_connection_and_stop_closes_it(
+async def test_concurrent_starts_open_one_connection(
     server_url: str, prefix: str, other_host: valkey.Valkey
 ) -> None:
     provider = await ReliableQueueProvider.new(

@@ -283,7 +283,7 @@ async def clients_named(other_host: valkey.Valkey, name: str, count: int) -> int
         await asyncio.sleep(0.01)
 
 
-async def test_close_right_after_a_cancel_closes_every_waiting_connection(
+async def test_close_after_cancel_closes_connections(
     server_url: str, prefix: str, other_host: valkey.Valkey
 ) -> None:
     provider = await ValkeyQueueProvider.new(server_url, prefix, dequeue_wait=2.0)
@@ -299,7 +299,7 @@ async def test_close_right_after_a_cancel_closes_every_waiting_connection(
     assert await clients_named(other_host, "wfe-valkey-queue", 0) == 0
 
 
-async def test_close_gives_none_to_dequeues_waiting_for_a_connection(
+async def test_close_gives_none_to_queued_dequeues(
     server_url: str, prefix: str, other_host: valkey.Valkey
 ) -> None:
     provider = await ValkeyQueueProvider.new(
