@@ -125,8 +125,20 @@ async def test_no_reply_goes_to_the_wrong_caller(
     assert counts["cancelled"] > 0
     assert counts["timed out"] > 0
     assert counts["lost after write"] > 0
-    assert await connection.execute("ECHO", "still in step") == b"still in step"
+    assert await echo_within_attempts(connection, "still in step") == b"still in step"
     await connection.close()
+
+
+async def echo_within_attempts(connection: Connection, text: str, attempts: int = 20) -> bytes:
+    """ECHO `text`, trying again while the 50 ms timeout ends first on a loaded machine."""
+    for _ in range(attempts - 1):
+        try:
+            reply: bytes = await connection.execute("ECHO", text)
+            return reply
+        except ValkeyTimeoutError:
+            await asyncio.sleep(0.05)
+    last: bytes = await connection.execute("ECHO", text)
+    return last
 
 
 async def test_cancelled_calls_leave_a_direct_connection_in_step(

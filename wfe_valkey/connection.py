@@ -701,10 +701,7 @@ class Connection:
         if not hint and tls is not None and tls.certfile is None:
             # Under TLS 1.3 a server that rejects the missing client
             # certificate may only reset the socket, after the TLS handshake.
-            hint = (
-                "; if the server requires a client certificate, set ssl_certfile and "
-                "ssl_keyfile"
-            )
+            hint = "; if the server requires a client certificate, set ssl_certfile and ssl_keyfile"
         return message + hint
 
     def _handshake_error(self, command: tuple[CommandArg, ...], reply: ReplyError) -> ValkeyError:
