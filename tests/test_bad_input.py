@@ -343,3 +343,33 @@ async def test_subscriber_names_unencodable_workflow_id(server_url: str, prefix:
     async with await ValkeyLifecycleSubscriber.new(server_url, prefix) as subscriber:
         with pytest.raises(ValueError, match="workflow_id is not encodable as UTF-8"):
             subscriber.channel("bad-\udc80")
+
+
+@pytest.mark.parametrize("duration", [1e300, 10**20, timedelta(days=999_999_999)])
+async def test_huge_lock_duration_is_rejected(locks: ValkeyLockProvider, duration: object) -> None:
+    with pytest.raises(ValueError, match="lock duration must be at most 9007199254740992 ms"):
+        locks.with_lock_duration(duration)  # type: ignore[arg-type]
+
+    assert await locks.acquire_lock("wf-1") is True
+
+
+async def test_huge_dequeue_count_is_rejected(queues: ValkeyQueueProvider) -> None:
+    with pytest.raises(ValueError, match="count must be from 1 to 9223372036854775807, got"):
+        await queues.dequeue_work_many(QueueType.WORKFLOW, 2**63)
+
+
+async def test_reliable_dequeue_count_is_capped(server_url: str, prefix: str) -> None:
+    async with await ReliableQueueProvider.new(server_url, prefix) as queues:
+        with pytest.raises(ValueError, match="count must be from 1 to 10000, got 10001"):
+            await queues.dequeue_work_many(QueueType.WORKFLOW, 10_001)
+
+
+async def test_queue_work_many_takes_an_iterator(queues: ValkeyQueueProvider) -> None:
+    await queues.queue_work_many(iter(["a", "b"]), QueueType.WORKFLOW)
+
+    assert await queues.dequeue_work_many(QueueType.WORKFLOW, 5) == ["a", "b"]
+
+
+async def test_unhashable_queue_type_names_the_argument(queues: ValkeyQueueProvider) -> None:
+    with pytest.raises(TypeError, match=r"queue_type must be a QueueType, got \['x'\]"):
+        await queues.queue_work("a", ["x"])  # type: ignore[arg-type]

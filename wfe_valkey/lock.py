@@ -300,6 +300,11 @@ def _check_wait(wait: object) -> None:
         raise ValueError(f"wait must be 0 or more seconds, got {wait}")
 
 
+# The server adds the expiry to its clock in a signed 64-bit count of
+# milliseconds; 2**53 ms keeps clear of that limit and is exact in a float.
+MAX_LOCK_DURATION_MS: Final = 2**53
+
+
 def _to_milliseconds(duration: timedelta | float) -> int:
     """Convert a positive duration to whole milliseconds, rounding up."""
     if isinstance(duration, timedelta):
@@ -312,4 +317,10 @@ def _to_milliseconds(duration: timedelta | float) -> int:
         )
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"lock duration must be positive, got {seconds} s")
-    return max(1, math.ceil(seconds * 1000))
+    milliseconds = max(1, math.ceil(seconds * 1000))
+    if milliseconds > MAX_LOCK_DURATION_MS:
+        raise ValueError(
+            f"lock duration must be at most {MAX_LOCK_DURATION_MS} ms (about 285,000 years), "
+            f"got {seconds} s"
+        )
+    return milliseconds

@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Self
 
 from ._provider import ValkeyProvider, check_prefix, open_connection, reject_id
@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 # Four connections let one dequeue wait on each of the three queue types,
 # with one to spare.
 DEFAULT_DEQUEUE_CONNECTIONS: Final = 4
+
+# RPOP takes its count as a signed 64-bit integer.
+MAX_COUNT: Final = 2**63 - 1
 
 # Returned by `WaitingDequeues.run` when no connection came free in time.
 NO_CONNECTION: Final = object()
@@ -295,10 +298,10 @@ class ValkeyQueueProvider(ValkeyProvider):
 
     def queue_key(self, queue_type: QueueType) -> str:
         """The list key that holds the queue of `queue_type`."""
-        key = self._keys.get(queue_type)
-        if key is None:
-            raise TypeError(f"queue_type must be a QueueType, got {queue_type!r}")
-        return key
+        try:
+            return self._keys[queue_type]
+        except (KeyError, TypeError):
+            raise TypeError(f"queue_type must be a QueueType, got {queue_type!r}") from None
 
     async def queue_work(self, id: str, queue_type: QueueType) -> None:
         """Append `id` to the queue; the same id may be queued more than once."""
@@ -336,14 +339,16 @@ class ValkeyQueueProvider(ValkeyProvider):
             return None if reply is None else str(reply.decode())
         return None if reply is None else str(reply[1].decode())
 
-    async def queue_work_many(self, ids: Sequence[str], queue_type: QueueType) -> None:
+    async def queue_work_many(self, ids: Iterable[str], queue_type: QueueType) -> None:
         """Append several ids in one `LPUSH`; they come out in the order given.
 
         Every id is checked before anything is sent, so a bad id queues none.
         """
         key = self.queue_key(queue_type)
         if isinstance(ids, (str, bytes)):
-            raise TypeError("ids must be a sequence of str, not a single string")
+            raise TypeError("ids must be an iterable of str, not a single string")
+        if not isinstance(ids, (list, tuple)):
+            ids = list(ids)
         for id in ids:
             if id.__class__ is not str or not id or not id.isascii():
                 reject_id("each id", id)
@@ -356,8 +361,8 @@ class ValkeyQueueProvider(ValkeyProvider):
         key = self.queue_key(queue_type)
         if not isinstance(count, int) or isinstance(count, bool):
             raise TypeError(f"count must be an int, got {type(count).__name__}")
-        if count < 1:
-            raise ValueError(f"count must be 1 or more, got {count}")
+        if not 1 <= count <= MAX_COUNT:
+            raise ValueError(f"count must be from 1 to {MAX_COUNT}, got {count}")
         reply = await self._connection.execute("RPOP", key, count)
         return [] if reply is None else [item.decode() for item in reply]
 

@@ -47,6 +47,8 @@ from .resp import CommandArg
 
 logger = logging.getLogger(__name__)
 
+# dequeue_work_many sends one LMOVE per id in one batch, so the batch is capped.
+MAX_DEQUEUE_COUNT: Final = 10_000
 DEFAULT_VISIBILITY_TIMEOUT: Final = 30.0
 
 # Moves the in-flight ids of every host whose heartbeat key is gone back to
@@ -243,8 +245,8 @@ class ReliableQueueProvider(ValkeyQueueProvider):
         queue = self.queue_key(queue_type)
         if not isinstance(count, int) or isinstance(count, bool):
             raise TypeError(f"count must be an int, got {type(count).__name__}")
-        if count < 1:
-            raise ValueError(f"count must be 1 or more, got {count}")
+        if not 1 <= count <= MAX_DEQUEUE_COUNT:
+            raise ValueError(f"count must be from 1 to {MAX_DEQUEUE_COUNT}, got {count}")
         in_flight = self._in_flight_keys[queue_type]
         commands: list[tuple[CommandArg, ...]] = [("SADD", self.hosts_key, self.host_id)]
         commands.extend(("LMOVE", queue, in_flight, "RIGHT", "LEFT") for _ in range(count))
