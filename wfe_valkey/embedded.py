@@ -90,7 +90,8 @@ class EmbeddedValkey:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it replies to PING; a running one is stopped first."""
+        self.stop()
         self._directory = tempfile.TemporaryDirectory(prefix="wfe-valkey-")
         if not self.port:
             self.port = free_port()
