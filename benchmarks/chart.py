@@ -5,7 +5,7 @@
 RESULTS.json is either the file the benchmarks' conftest saves
 (``.benchmarks/wfe-valkey-results.json`` by default, see
 ``--bench-results``) or a pytest-benchmark ``--benchmark-json`` file of the
-same run; both carry each test's workload, tasks, client and cycles/s.
+same run. Both carry each test's workload, tasks, client and cycles/s.
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ class BenchClient:
     """One client object of one library, with the workload calls."""
 
     name: ClassVar[str]
-    # The module that must import for this client to run; peers are
-    # skipped, and listed as missing, when it does not.
+    # The module that must import for this client to run. A peer whose
+    # module does not import is left out and listed as missing.
     module: ClassVar[str]
 
     def __init__(self, prefix: str) -> None:

@@ -4,8 +4,8 @@
 
 starts a private valkey-server, connects one client, stops the server with
 SIGSTOP and then issues `--commands` LPUSH commands from as many asyncio
-tasks, 1,000 new tasks per event-loop turn. Nothing is answered, so every
-task stays waiting. The probe prints, as one JSON object:
+tasks, 1,000 new tasks per event-loop turn. The stopped server sends no
+reply, so every task stays waiting. The probe prints, as one JSON object:
 
 - how many commands the client took into its write path (the socket and
   the write buffer), and how many callers are still waiting to write;
@@ -62,8 +62,8 @@ class OursUnderTest:
         await self.queues.queue_work(QUEUE_ID, QueueType.WORKFLOW)
 
     def buffered_bytes(self) -> int:
-        # The probe reads the connection's private state: nothing public
-        # tells how many bytes wait in the socket's write buffer.
+        # The probe reads the connection's private state, because no public
+        # attribute gives the bytes waiting in the socket's write buffer.
         wire = self.queues._connection._wire
         assert wire is not None and wire._transport is not None
         return wire._transport.get_write_buffer_size() + sum(map(len, wire._buffer))

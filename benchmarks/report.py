@@ -158,6 +158,7 @@ class ResultsBook:
                     f"  {workload} cycles/s vs {peer}: {ratio:.2f}x (goal >= {target}x) {verdict};"
                     f" median {median:.2f}x; CPU {cpu:.2f}x"
                 )
+
         peer, limit = SINGLE_CALLER_GOAL
         ours = self.find("lock", 1, OURS)
         theirs = self.find("lock", 1, peer)
@@ -171,6 +172,7 @@ class ResultsBook:
                 f"{1e6 / theirs.cycles_per_second:.1f} us = {ratio:.2f}x (goal <= {limit}x) "
                 f"{verdict}"
             )
+
         lines.append("")
         lines.append(f"client CPU per cycle at {GOAL_TASKS} tasks, in microseconds (this process):")
         clients = _ordered_clients(self.measurements)

@@ -47,7 +47,7 @@ def run_probe(client: str, commands: int) -> dict[str, object]:
     return result
 
 
-def test_write_buffer_bounded_with_million_waiting(book: ResultsBook, bench_scale: float) -> None:
+def test_write_buffer_bounded_on_stopped_server(book: ResultsBook, bench_scale: float) -> None:
     commands = max(10_000, int(COMMANDS * min(bench_scale, 1.0)))
     result = run_probe("wfe-valkey", commands)
     book.memory["wfe-valkey"] = result
@@ -59,7 +59,7 @@ def test_write_buffer_bounded_with_million_waiting(book: ResultsBook, bench_scal
     assert result["max_write_buffer"] <= bound
 
 
-def test_aioredis_memory_with_million_waiting(book: ResultsBook, bench_scale: float) -> None:
+def test_aioredis_memory_on_stopped_server(book: ResultsBook, bench_scale: float) -> None:
     if importlib.util.find_spec("aioredis") is None:
         book.missing_peers.setdefault("aioredis-1.3.1", "aioredis does not import")
         pytest.skip("aioredis 1.3.1 is not installed")

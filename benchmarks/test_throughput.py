@@ -9,7 +9,7 @@ and the best round of each client is compared. The CPU time this process
 spends per cycle (all its threads) is kept too: it is the client's own
 cost, and other work on the machine moves it less than the wall time. A peer whose library is not
 installed is named in the summary; a peer that fails at some concurrency
-(redis-py's default pool holds 100 connections) is named with its error.
+(redis-py's default pool opens at most 100 connections) is named with its error.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The timed workloads: how many cycles, spread over how many tasks.
 
 A round runs `cycles` cycles of one workload, split evenly over N asyncio
-tasks that share one client object, and returns the number of cycles that
-did not do their work (a lock not acquired, an empty dequeue, a short batch).
+tasks that share one client object. It returns the number of cycles that
+did not do their work: a lock not acquired, an empty dequeue, a short batch.
 A correct client returns 0, and the benchmarks check that.
 """
 
