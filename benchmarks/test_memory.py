@@ -20,6 +20,9 @@ from .memory_probe import TASKS_PER_TURN
 from .report import ResultsBook
 
 COMMANDS = 1_000_000
+# Fewer commands than this all fit in the socket and the write buffer
+# (127,000 did on Linux loopback), and no caller would wait.
+MIN_COMMANDS = 200_000
 # One LPUSH of the probe's id to its queue, as RESP, rounded up.
 COMMAND_BYTES = 64
 PROBE_TIMEOUT = 240
@@ -48,7 +51,7 @@ def run_probe(client: str, commands: int) -> dict[str, object]:
 
 
 def test_write_buffer_bounded_on_stopped_server(book: ResultsBook, bench_scale: float) -> None:
-    commands = max(10_000, int(COMMANDS * min(bench_scale, 1.0)))
+    commands = max(MIN_COMMANDS, int(COMMANDS * min(bench_scale, 1.0)))
     result = run_probe("wfe-valkey", commands)
     book.memory["wfe-valkey"] = result
 
@@ -63,7 +66,7 @@ def test_aioredis_memory_on_stopped_server(book: ResultsBook, bench_scale: float
     if importlib.util.find_spec("aioredis") is None:
         book.missing_peers.setdefault("aioredis-1.3.1", "aioredis does not import")
         pytest.skip("aioredis 1.3.1 is not installed")
-    commands = max(10_000, int(COMMANDS * min(bench_scale, 1.0)))
+    commands = max(MIN_COMMANDS, int(COMMANDS * min(bench_scale, 1.0)))
     result = run_probe("aioredis-1.3.1", commands)
     book.memory["aioredis-1.3.1"] = result
 
