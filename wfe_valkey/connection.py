@@ -95,6 +95,11 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# The enum member as a module constant: the hot path compares against it
+# without an attribute lookup on the class.
+READY: Final = State.READY
+
+
 class _Batch:
     """Collects the replies of several commands written together."""
 
@@ -259,9 +264,26 @@ class _Wire(asyncio.Protocol):
         await self._drained.wait()
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
-        """Queue one encoded command; return the future of its reply."""
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._enqueue(future, payload, 1, None)
+        """Queue one encoded command; return the future of its reply.
+
+        This is `_enqueue` for one command with no earlier deadline, written
+        out because every provider call takes this path.
+        """
+        loop = self._loop
+        future: asyncio.Future[Any] = loop.create_future()
+        timeout = self._timeout
+        deadline = loop.time() + timeout if timeout is not None else 0.0
+        self._pending.append((future, deadline, payload))
+        self._buffer.append(payload)
+        self._unsent_replies += 1
+        unsent_bytes = self._unsent_bytes + len(payload)
+        self._unsent_bytes = unsent_bytes
+        if unsent_bytes >= EARLY_FLUSH_BYTES:
+            self.flush_now()
+        elif self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
+        if self._timer is None and timeout is not None:
+            self._timer = loop.call_at(deadline, self._expire)
         return future
 
     def send_batch(self, payloads: Sequence[bytes]) -> asyncio.Future[list[Any]]:
@@ -511,7 +533,7 @@ class Connection:
         """
         payload = encode_command(args)
         wire = self._wire
-        if wire is not None and self.state is State.READY and wire.writable:
+        if wire is not None and wire.writable and self.state is READY:
             return wire.send(payload)
         return self._send_when_ready([payload], single=True)
 
@@ -523,7 +545,7 @@ class Connection:
         """
         payloads = [encode_command(args) for args in commands]
         wire = self._wire
-        if wire is not None and self.state is State.READY and wire.writable:
+        if wire is not None and wire.writable and self.state is READY:
             return wire.send_batch(payloads)
         return self._send_when_ready(payloads, single=False)
 

@@ -19,6 +19,11 @@ class QueueType(enum.Enum):
     EVENT = "event"
     INDEX = "index"
 
+    # Members are singletons compared by identity, so the identity hash is
+    # consistent with equality; Enum's own __hash__ runs in Python on every
+    # queue key lookup.
+    __hash__ = object.__hash__
+
 
 @runtime_checkable
 class DistributedLockProvider(Protocol):
