@@ -140,15 +140,19 @@ class _WakeList:
         self._waiters: list[asyncio.Future[None]] = []
         self._prune_at = 64
 
-    async def wait(self) -> None:
-        """Wait until the next `wake_all`."""
+    def wait(self) -> asyncio.Future[None]:
+        """Return a future that the next `wake_all` resolves.
+
+        A future rather than a coroutine, so each of many waiting callers
+        holds one object less.
+        """
         waiters = self._waiters
         if len(waiters) >= self._prune_at:
             waiters = self._waiters = [waiter for waiter in waiters if not waiter.done()]
             self._prune_at = max(64, 2 * len(waiters))
-        waiter = self._loop.create_future()
+        waiter: asyncio.Future[None] = self._loop.create_future()
         waiters.append(waiter)
-        await waiter
+        return waiter
 
     def wake_all(self) -> None:
         """Wake every task waiting now."""
@@ -259,9 +263,12 @@ class _Wire(asyncio.Protocol):
 
     # writing
 
-    async def wait_writable(self) -> None:
-        """Wait until the write buffer drains below its low-water mark, or the socket is lost."""
-        await self._drained.wait()
+    def wait_writable(self) -> asyncio.Future[None]:
+        """Return a future resolved when the write buffer drains below its low-water mark.
+
+        It is also resolved when the socket is lost.
+        """
+        return self._drained.wait()
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         """Queue one encoded command; return the future of its reply.
