@@ -274,3 +274,39 @@ async def test_tail_into_a_closed_pipe_exits_quietly(server_url: str, prefix: st
     assert output.decode().count("\n") == 1
     assert "wf-0" in output.decode()
     assert errors == b""
+
+
+async def test_tail_escapes_ids_that_would_forge_lines(server_url: str, prefix: str) -> None:
+    process = await start_tail("--url", server_url, "--prefix", prefix, "--count", "1")
+    forged = "wf-9 def-1@1 Completed\n2026-12-04T19:06:05Z wf-1\x1b[31m"
+    async with await ValkeyLifecyclePublisher.new(server_url, prefix) as publisher:
+        await publisher.publish(
+            LifecycleEvent(forged, "def\\1", 1, events.Started(), event_time_ns=10**18)
+        )
+
+    status, lines = await finish(process)
+
+    assert status == 0
+    assert lines == [
+        "2001-09-09T01:46:40Z wf-9\\x20def-1@1\\x20Completed\\x0a2026-12-04T19:06:05Z"
+        "\\x20wf-1\\x1b[31m def\\\\1@1 Started"
+    ]
+
+
+def test_info_escapes_lock_names(server_url: str, prefix: str, other_host: valkey.Valkey) -> None:
+    other_host.set(f"{prefix}:lock:real\n  forged-lock  99.000 s left", "t", px=60_000)
+    other_host.set(f"{prefix}:lock:".encode() + b"bad\xff", "t", px=60_000)
+
+    text = run_cli("info", "--url", server_url, "--prefix", prefix)
+    report = json.loads(run_cli("info", "--url", server_url, "--prefix", prefix, "--json").stdout)
+
+    lock_lines = text.stdout.splitlines()[-2:]
+    assert text.stdout.splitlines()[-3] == "locks held: 2"
+    assert lock_lines[0].startswith("  bad\\\\xff  ")
+    assert lock_lines[1].startswith(
+        "  real\\x0a\\x20\\x20forged-lock\\x20\\x2099.000\\x20s\\x20left  "
+    )
+    assert [lock["resource"] for lock in report["locks"]] == [
+        "bad\\xff",
+        "real\n  forged-lock  99.000 s left",
+    ]

@@ -13,8 +13,17 @@ from wfe_valkey.demo import Ledger, _print_checks
 def test_demo_run_passes_its_checks(server_url: str) -> None:
     result = subprocess.run(
         [
-            sys.executable, "-m", "wfe_valkey", "demo",
-            "--url", server_url, "--workflows", "300", "--hosts", "3", "--quiet",
+            sys.executable,
+            "-m",
+            "wfe_valkey",
+            "demo",
+            "--url",
+            server_url,
+            "--workflows",
+            "300",
+            "--hosts",
+            "3",
+            "--quiet",
         ],
         capture_output=True,
         text=True,
@@ -24,7 +33,7 @@ def test_demo_run_passes_its_checks(server_url: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ok] every workflow ran each step exactly once: 600 of 600 steps" in result.stdout
     assert "[ok] never two hosts inside one workflow's lock: 0 overlaps" in result.stdout
-    assert "[ok] every published event received: 1800 of 1800" in result.stdout
+    assert "[ok] every published event received: 1,800 of 1,800" in result.stdout
     assert result.stdout.rstrip().endswith("all checks passed")
 
 
@@ -38,9 +47,9 @@ def test_demo_reports_an_overlap_and_exits_one(capsys: pytest.CaptureFixture[str
 
     output = capsys.readouterr().out
     assert status == 1
-    assert "[FAILED] never two hosts inside one workflow's lock: 1 overlaps" in output
+    assert "[FAILED] never two hosts inside one workflow's lock: 1 overlap" in output
     assert "[ok] every workflow ran each step exactly once" in output
-    assert output.rstrip().endswith("1 check(s) failed")
+    assert output.rstrip().endswith("1 check failed")
 
 
 def test_demo_reports_a_step_run_twice(capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,7 +61,7 @@ def test_demo_reports_a_step_run_twice(capsys: pytest.CaptureFixture[str]) -> No
 
     output = capsys.readouterr().out
     assert status == 1
-    assert "[FAILED] every workflow ran each step exactly once: 1 of 1 steps, 1 ran twice" in output
+    assert "[FAILED] every workflow ran each step exactly once: 1 of 1 step, 1 ran twice" in output
 
 
 def test_demo_rejects_zero_hosts() -> None:

@@ -175,7 +175,9 @@ async def _scan_locks(connection: Connection, prefix: str, ttls: dict[str, int])
             for key, ttl in zip(keys, replies, strict=True):
                 # PTTL returns -2 for a lock released after SCAN listed it.
                 if isinstance(ttl, int) and ttl != -2:
-                    ttls[key.decode(errors="replace")[len(key_prefix) :]] = ttl
+                    # backslashreplace keeps bytes that are not UTF-8 visible
+                    # and distinct, where "replace" would merge them into U+FFFD.
+                    ttls[key.decode(errors="backslashreplace")[len(key_prefix) :]] = ttl
         if cursor == b"0":
             break
 
@@ -190,7 +192,7 @@ def format_info(prefix: str, report: dict[str, Any]) -> str:
     for lock in locks:
         ttl_ms = lock["ttl_ms"]
         left = "no expiry" if ttl_ms < 0 else f"{ttl_ms / 1000:.3f} s left"
-        lines.append(f"  {lock['resource']}  {left}")
+        lines.append(f"  {printable(lock['resource'])}  {left}")
     return "\n".join(lines)
 
 
@@ -231,8 +233,8 @@ def format_event(event: LifecycleEvent) -> str:
     """Format one event as a line: time, workflow, definition@version, type and fields."""
     parts = [
         format_timestamp(event.event_time_ns),
-        event.workflow_instance_id,
-        f"{event.workflow_definition_id}@{event.version}",
+        printable(event.workflow_instance_id),
+        f"{printable(event.workflow_definition_id)}@{event.version}",
         event.event_type.tag,
     ]
     event_type = event.event_type
@@ -249,6 +251,30 @@ def format_event(event: LifecycleEvent) -> str:
     if event.reference is not None:
         parts.append(f"reference={json.dumps(event.reference, ensure_ascii=False)}")
     return " ".join(parts)
+
+
+def printable(text: str) -> str:
+    """Escape characters a terminal would act on, and spaces, so one value stays one word.
+
+    Ids come from any publisher or key, so a newline or an escape sequence
+    in one must not forge a line or change the terminal's state.
+    """
+    if text.isprintable() and " " not in text and "\\" not in text:
+        return text
+    return "".join(
+        char if char.isprintable() and char not in " \\" else _escape_char(char) for char in text
+    )
+
+
+def _escape_char(char: str) -> str:
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def _check_prefix(prefix: str) -> str:

@@ -134,8 +134,9 @@ async def _run_on(url: str, options: DemoOptions, where: str) -> int:
     ledger = Ledger(steps=options.steps)
     ids = [f"wf-{n:06d}" for n in range(options.workflows)]
     print(
-        f"wfe-valkey demo: {options.hosts} hosts x {WORKERS_PER_HOST} workers, "
-        f"{options.workflows} workflows of {options.steps} steps, prefix {prefix!r}, {where}"
+        f"wfe-valkey demo: {_count(options.hosts, 'host')} x {WORKERS_PER_HOST} workers, "
+        f"{_count(options.workflows, 'workflow')} of {_count(options.steps, 'step')}, "
+        f"prefix {prefix!r}, {where}"
     )
 
     hosts = [await _open_host(f"host-{n}", url, prefix) for n in range(options.hosts)]
@@ -146,7 +147,7 @@ async def _run_on(url: str, options: DemoOptions, where: str) -> int:
 
     try:
         duplicates = await _queue_all(hosts[0].queues, ids)
-        print(f"queued {len(ids)} workflow ids and {duplicates} duplicates")
+        print(f"queued {_count(len(ids), 'workflow id')} and {_count(duplicates, 'duplicate')}")
         started = time.perf_counter()
         await _run_hosts(hosts, ledger, options)
         elapsed = time.perf_counter() - started
@@ -297,8 +298,8 @@ async def _show_progress(ledger: Ledger, options: DemoOptions) -> None:
         await asyncio.sleep(PROGRESS_SECONDS)
         elapsed = time.perf_counter() - started
         line = (
-            f"  {ledger.completed:>7}/{options.workflows} workflows completed, "
-            f"{ledger.published} events, {ledger.provider_calls / elapsed:,.0f} provider calls/s"
+            f"  {ledger.completed:>7,}/{options.workflows:,} workflows completed, "
+            f"{ledger.published:,} events, {ledger.provider_calls / elapsed:,.0f} provider calls/s"
         )
         print(f"\r{line}" if interactive else line, end="" if interactive else "\n", flush=True)
 
@@ -307,15 +308,25 @@ def _print_summary(ledger: Ledger, received: int, elapsed: float, options: DemoO
     if options.show_progress and sys.stdout.isatty():
         print()
     print(
-        f"ran {options.workflows} workflows in {elapsed:.2f} s: "
+        f"ran {_count(options.workflows, 'workflow')} in {elapsed:.2f} s: "
         f"{options.workflows / elapsed:,.0f} workflows/s, "
         f"{ledger.provider_calls / elapsed:,.0f} provider calls/s"
     )
     print(
-        f"  {ledger.lock_acquired} locks taken, {ledger.lock_contended} attempts found the "
-        f"lock held, {ledger.stale_entries} duplicate entries found nothing left to run"
+        f"  {_count(ledger.lock_acquired, 'lock')} taken, "
+        f"{_count(ledger.lock_contended, 'attempt')} found the lock held, "
+        f"{_count(ledger.stale_entries, 'duplicate entry', 'duplicate entries')} "
+        "found nothing left to run"
     )
-    print(f"  {ledger.published} events published, {received} received on the all channel")
+    print(
+        f"  {_count(ledger.published, 'event')} published, {received:,} received on the all channel"
+    )
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    """Write a count with thousands separators and the noun in the right number."""
+    noun = singular if number == 1 else plural or singular + "s"
+    return f"{number:,} {noun}"
 
 
 def _print_checks(ledger: Ledger, received: int, ids: list[str]) -> int:
@@ -327,17 +338,19 @@ def _print_checks(ledger: Ledger, received: int, ids: list[str]) -> int:
     checks = [
         (
             not twice and not missing and not completed_twice and ledger.completed == len(ids),
-            f"every workflow ran each step exactly once: {len(ledger.step_runs)} of "
-            f"{len(expected_runs)} steps, {len(twice)} ran twice, {len(missing)} missing, "
-            f"{ledger.completed} of {len(ids)} workflows completed",
+            f"every workflow ran each step exactly once: {len(ledger.step_runs):,} of "
+            f"{_count(len(expected_runs), 'step')}, {len(twice):,} ran twice, "
+            f"{len(missing):,} missing, {ledger.completed:,} of "
+            f"{_count(len(ids), 'workflow')} completed",
         ),
         (
             not ledger.overlaps,
-            f"never two hosts inside one workflow's lock: {len(ledger.overlaps)} overlaps",
+            "never two hosts inside one workflow's lock: "
+            f"{_count(len(ledger.overlaps), 'overlap')}",
         ),
         (
             received == ledger.published,
-            f"every published event received: {received} of {ledger.published}",
+            f"every published event received: {received:,} of {ledger.published:,}",
         ),
     ]
     print("checks:")
@@ -345,7 +358,7 @@ def _print_checks(ledger: Ledger, received: int, ids: list[str]) -> int:
         print(f"  [{'ok' if passed else 'FAILED'}] {text}")
     failed = sum(1 for passed, _ in checks if not passed)
     if failed:
-        print(f"{failed} check(s) failed")
+        print(f"{_count(failed, 'check')} failed")
         return 1
     print("all checks passed")
     return 0

@@ -185,8 +185,8 @@ class LifecycleSubscription:
     """Lifecycle events from one channel, in the order the server sent them.
 
     Iterate with ``async for``; iteration ends when the subscription or its
-    subscriber is closed. `dropped` counts events lost because more than
-    the subscriber's `buffer_size` were waiting to be read.
+    subscriber is closed. `dropped` counts events lost because the
+    subscriber's `buffer_size` events were already waiting to be read.
     """
 
     def __init__(self, subscriber: ValkeyLifecycleSubscriber, channel: str) -> None:
@@ -236,7 +236,7 @@ class LifecycleSubscription:
             self.dropped += 1
             if self.dropped % DROP_LOG_EVERY == 1:
                 logger.warning(
-                    "dropped %d lifecycle events on %s: more than %d waiting to be read",
+                    "dropped %d lifecycle events on %s: the buffer of %d unread events is full",
                     self.dropped,
                     self.channel,
                     buffer_size,
