@@ -25,10 +25,14 @@ from tls_certs import Certificates, make_certificates
 
 from wfe_valkey import (
     InvalidURLError,
+    LifecycleEvent,
     QueueType,
     ValkeyConnectionError,
+    ValkeyLifecyclePublisher,
+    ValkeyLifecycleSubscriber,
     ValkeyLockProvider,
     ValkeyQueueProvider,
+    events,
     parse_url,
 )
 from wfe_valkey.embedded import EmbeddedValkey, free_port
@@ -317,3 +321,33 @@ async def test_close_with_frozen_tls_server_is_bounded(
 
     assert wire.lost is True
     assert elapsed < 5.0, f"close took {elapsed:.1f} s"
+
+
+async def test_subscriber_over_tls_receives_events(tls_server: TLSServer, prefix: str) -> None:
+    url = tls_server.url(query=f"?ssl_ca_certs={tls_server.certificates.ca_cert}")
+    async with (
+        await ValkeyLifecycleSubscriber.new(url, prefix) as subscriber,
+        await ValkeyLifecyclePublisher.new(url, prefix) as publisher,
+    ):
+        subscription = await subscriber.subscribe("wf-1")
+        event = LifecycleEvent.new("wf-1", "def-1", 1, events.Started())
+
+        await publisher.publish(event)
+
+        async with asyncio.timeout(5):
+            received = await anext(subscription)
+    assert received == event
+
+
+async def test_subscriber_with_wrong_ca_fails_with_clear_message(
+    tls_server: TLSServer, prefix: str
+) -> None:
+    other_ca = tls_server.certificates.other_ca_cert
+
+    with pytest.raises(ValkeyConnectionError) as raised:
+        await ValkeyLifecycleSubscriber.new(tls_server.url(), prefix, ssl_ca_certs=str(other_ca))
+
+    message = str(raised.value)
+    assert message.startswith(f"TLS handshake with 127.0.0.1:{tls_server.tls_port} failed: ")
+    assert "certificate verify failed" in message
+    assert "check ssl_ca_certs" in message

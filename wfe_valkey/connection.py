@@ -40,7 +40,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from .config import ConnectionSettings, TLSSettings
 from .errors import (
@@ -58,6 +58,8 @@ from .errors import (
 from .resp import CommandArg, ReplyParser, encode_command
 
 logger = logging.getLogger(__name__)
+
+ProtocolT = TypeVar("ProtocolT", bound=asyncio.Protocol)
 
 # Reconnect backoff: the first retry comes after about BACKOFF_BASE seconds,
 # each later one waits twice as long, up to BACKOFF_CAP, and every wait is
@@ -652,35 +654,7 @@ class Connection:
         def factory() -> _Wire:
             return _Wire(self._loop, settings, self._on_wire_lost)
 
-        ssl_context = self._ssl_context_for(settings.tls)
-        try:
-            async with asyncio.timeout(settings.connect_timeout):
-                if settings.unix_path is not None:
-                    _, wire = await self._loop.create_unix_connection(factory, settings.unix_path)
-                else:
-                    _, wire = await self._loop.create_connection(
-                        factory, settings.host, settings.port, ssl=ssl_context
-                    )
-        except TimeoutError:
-            raise ValkeyTimeoutError(
-                f"connect to {settings.address} timed out after {settings.connect_timeout} s"
-            ) from None
-        except ssl.SSLCertVerificationError as exc:
-            raise ValkeyConnectionError(
-                f"TLS handshake with {settings.address} failed: certificate verify failed: "
-                f"{exc.verify_message}; check ssl_ca_certs (the CA that signed the server's "
-                "certificate), or ssl_check_hostname when the host name differs"
-            ) from None
-        except ssl.SSLError as exc:
-            raise ValkeyConnectionError(
-                f"TLS handshake with {settings.address} failed: {exc.reason or exc}"
-                + _client_certificate_hint(str(exc))
-            ) from None
-        except OSError as exc:
-            raise ValkeyConnectionError(
-                f"cannot connect to {settings.address}: {exc.strerror or exc}"
-            ) from None
-        return wire
+        return await open_socket(settings, factory, self._ssl_context_for(settings.tls))
 
     def _ssl_context_for(self, tls: TLSSettings | None) -> ssl.SSLContext | None:
         """Return the SSL context for `tls`, built once and reused on every reconnect.
@@ -698,15 +672,7 @@ class Connection:
     async def _handshake(self, wire: _Wire) -> None:
         """Authenticate, select the database, name the client, load scripts."""
         settings = self.settings
-        commands: list[tuple[CommandArg, ...]] = []
-        if settings.password is not None:
-            if settings.username is not None:
-                commands.append(("AUTH", settings.username, settings.password))
-            else:
-                commands.append(("AUTH", settings.password))
-        if settings.db:
-            commands.append(("SELECT", settings.db))
-        commands.append(("CLIENT", "SETNAME", self._client_name))
+        commands = handshake_commands(settings, self._client_name)
         commands.extend(("SCRIPT", "LOAD", source) for source in self._scripts.values())
 
         try:
@@ -844,6 +810,63 @@ class Connection:
                 wire.abort("close timed out waiting for replies")
                 return
             await asyncio.sleep(0.002)
+
+
+async def open_socket(
+    settings: ConnectionSettings,
+    factory: Callable[[], ProtocolT],
+    ssl_context: ssl.SSLContext | None,
+) -> ProtocolT:
+    """Open a TCP, TLS or Unix socket within the connect timeout; return its protocol.
+
+    Failures become `ValkeyTimeoutError` or `ValkeyConnectionError` naming
+    the address, with a hint for the TLS option to check.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(settings.connect_timeout):
+            if settings.unix_path is not None:
+                _, protocol = await loop.create_unix_connection(factory, settings.unix_path)
+            else:
+                _, protocol = await loop.create_connection(
+                    factory, settings.host, settings.port, ssl=ssl_context
+                )
+    except TimeoutError:
+        raise ValkeyTimeoutError(
+            f"connect to {settings.address} timed out after {settings.connect_timeout} s"
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise ValkeyConnectionError(
+            f"TLS handshake with {settings.address} failed: certificate verify failed: "
+            f"{exc.verify_message}; check ssl_ca_certs (the CA that signed the server's "
+            "certificate), or ssl_check_hostname when the host name differs"
+        ) from None
+    except ssl.SSLError as exc:
+        raise ValkeyConnectionError(
+            f"TLS handshake with {settings.address} failed: {exc.reason or exc}"
+            + _client_certificate_hint(str(exc))
+        ) from None
+    except OSError as exc:
+        raise ValkeyConnectionError(
+            f"cannot connect to {settings.address}: {exc.strerror or exc}"
+        ) from None
+    return protocol
+
+
+def handshake_commands(
+    settings: ConnectionSettings, client_name: str
+) -> list[tuple[CommandArg, ...]]:
+    """Return the commands every new socket sends first: AUTH, SELECT, CLIENT SETNAME."""
+    commands: list[tuple[CommandArg, ...]] = []
+    if settings.password is not None:
+        if settings.username is not None:
+            commands.append(("AUTH", settings.username, settings.password))
+        else:
+            commands.append(("AUTH", settings.password))
+    if settings.db:
+        commands.append(("SELECT", settings.db))
+    commands.append(("CLIENT", "SETNAME", client_name))
+    return commands
 
 
 def _client_certificate_hint(reason: str) -> str:

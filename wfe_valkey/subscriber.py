@@ -27,6 +27,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -35,7 +36,7 @@ from typing import Any, Final, Self
 from ._provider import check_prefix, reject_id
 from .cluster import take_cluster_option
 from .config import DEFAULT_CONNECT_TIMEOUT, ConnectionSettings, parse_url
-from .connection import BACKOFF_BASE, BACKOFF_CAP
+from .connection import BACKOFF_BASE, BACKOFF_CAP, handshake_commands, open_socket
 from .errors import (
     AuthenticationError,
     ProtocolError,
@@ -282,6 +283,7 @@ class ValkeyLifecycleSubscriber:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._sentinel: SentinelSettings | None = None
+        self._ssl_context: ssl.SSLContext | None = None
         self.closed = False
         self.reconnect_count = 0
 
@@ -557,37 +559,14 @@ class ValkeyLifecycleSubscriber:
         def factory() -> _PubSubWire:
             return _PubSubWire(self._loop, self._on_push, self._on_wire_lost)
 
-        try:
-            async with asyncio.timeout(settings.connect_timeout):
-                if settings.unix_path is not None:
-                    _, wire = await self._loop.create_unix_connection(factory, settings.unix_path)
-                else:
-                    ssl_context = settings.tls.create_context() if settings.tls else None
-                    _, wire = await self._loop.create_connection(
-                        factory, settings.host, settings.port, ssl=ssl_context
-                    )
-        except TimeoutError:
-            raise ValkeyTimeoutError(
-                f"connect to {settings.address} timed out after {settings.connect_timeout} s"
-            ) from None
-        except OSError as exc:
-            raise ValkeyConnectionError(
-                f"cannot connect to {settings.address}: {exc.strerror or exc}"
-            ) from None
-        return wire
+        if settings.tls is not None and self._ssl_context is None:
+            self._ssl_context = settings.tls.create_context()
+        return await open_socket(settings, factory, self._ssl_context)
 
     async def _handshake(self, wire: _PubSubWire) -> None:
         """Authenticate, select the database and name the client."""
         settings = self.settings
-        commands: list[tuple[CommandArg, ...]] = []
-        if settings.password is not None:
-            if settings.username is not None:
-                commands.append(("AUTH", settings.username, settings.password))
-            else:
-                commands.append(("AUTH", settings.password))
-        if settings.db:
-            commands.append(("SELECT", settings.db))
-        commands.append(("CLIENT", "SETNAME", self._client_name))
+        commands = handshake_commands(settings, self._client_name)
 
         futures = [wire.request(command) for command in commands]
         try:
