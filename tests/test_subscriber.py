@@ -299,11 +299,12 @@ async def test_full_buffer_drops_and_counts(
         for _ in range(5):
             other_host.publish(channel, RUST_EXAMPLE)
 
-        await next_event(subscription)
-        await next_event(subscription)
+        # Nothing is read until all five arrived, so exactly two fit.
         async with asyncio.timeout(5):
             while subscription.dropped < 3:
                 await asyncio.sleep(0.01)
+        await next_event(subscription)
+        await next_event(subscription)
 
         assert subscription.dropped == 3
     finally:
