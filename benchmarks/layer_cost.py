@@ -2,7 +2,7 @@
 
     python -m benchmarks.layer_cost
 
-A fake transport answers every command in the next event-loop turn with a
+A fake transport replies to every command in the next event-loop turn with a
 canned reply, so the figures are the client's own CPU time, without the
 server's share of the 2 cores or the noise of a real socket. Each workload
 runs three ways at 64 tasks: through the providers, through `Connection`
