@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import ConnectionSettings
+from .connection import auth_commands
 from .errors import AuthenticationError, ReplyError, ValkeyConnectionError, ValkeyTimeoutError
 from .resp import CommandArg, ReplyParser, encode_command
 
@@ -61,15 +62,6 @@ async def open_stream(
         return await asyncio.open_unix_connection(settings.unix_path)
     ssl_context = settings.tls.create_context() if settings.tls else None
     return await asyncio.open_connection(settings.host, settings.port, ssl=ssl_context)
-
-
-def auth_commands(settings: ConnectionSettings) -> list[tuple[CommandArg, ...]]:
-    """Return the AUTH command for the settings' credentials, if any."""
-    if settings.password is None:
-        return []
-    if settings.username is not None:
-        return [("AUTH", settings.username, settings.password)]
-    return [("AUTH", settings.password)]
 
 
 async def _exchange(

@@ -43,7 +43,7 @@ class ValkeyProvider:
     def __init__(self, connection: Connection, prefix: str) -> None:
         self._connection = connection
         self.prefix = prefix
-        self._wanted_open = True
+        self._open_requested = True
         self._life_lock = asyncio.Lock()
 
     @property
@@ -61,7 +61,7 @@ class ValkeyProvider:
         Returns once the provider is open, or stopped again by a `stop()`
         called after this `start()`.
         """
-        self._wanted_open = True
+        self._open_requested = True
         return self._settle()
 
     @_coroutine_function
@@ -70,7 +70,7 @@ class ValkeyProvider:
 
         A `start()` called before this one and still running is undone.
         """
-        self._wanted_open = False
+        self._open_requested = False
         return self._settle()
 
     @_coroutine_function
@@ -81,7 +81,7 @@ class ValkeyProvider:
     async def _settle(self) -> None:
         """Open or close the provider, as the last `start()` or `stop()` asked."""
         async with self._life_lock:
-            if self._wanted_open:
+            if self._open_requested:
                 await self._open()
             else:
                 await self._close()

@@ -149,7 +149,7 @@ async def read_info(url: str, prefix: str) -> dict[str, Any]:
 async def _read_locks(connection: Connection, prefix: str) -> list[dict[str, Any]]:
     """Find the lock keys with SCAN and read each one's time to live.
 
-    On a cluster each primary holds its own keys, so every primary is scanned.
+    On a cluster each primary stores its own keys, so every primary is scanned.
     """
     ttls: dict[str, int] = {}
     if isinstance(connection, ClusterConnection):

@@ -95,7 +95,7 @@ def _naming_file(option: str, path: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """Where and how to connect: address, credentials, timeouts, TLS.
+    """Connection target and options: address, credentials, timeouts, TLS.
 
     The password never appears in `repr()` or in `address`.
     """
@@ -153,7 +153,7 @@ def parse_url(url: str, **overrides: Any) -> ConnectionSettings:
 
 
 def _reject_unencoded_credentials(url: str) -> None:
-    """Reject a URL whose password holds a raw '?', '#' or '/'.
+    """Reject a URL whose password contains a raw '?', '#' or '/'.
 
     Such a URL splits inside the password, and the password's tail would
     then be read as a path or query option and shown in an error message.
@@ -276,7 +276,7 @@ def _build_settings(options: dict[str, Any]) -> ConnectionSettings:
 
 
 def _build_tls(options: dict[str, Any]) -> TLSSettings | None:
-    """Return TLS settings when the scheme asks for TLS, else `None`."""
+    """Return TLS settings when the scheme requires TLS, else `None`."""
     tls_names = [name for name in options if name.startswith("ssl_")]
     if not options.get("tls"):
         if tls_names:

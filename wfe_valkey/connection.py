@@ -89,7 +89,7 @@ EARLY_FLUSH_BYTES: Final = 256 * 1024
 
 
 class State(enum.Enum):
-    """Where a `Connection` is in its life."""
+    """Life-cycle state of a `Connection`."""
 
     CONNECTING = "connecting"
     READY = "ready"
@@ -146,7 +146,7 @@ class _WakeList:
         """Return a future that the next `wake_all` resolves.
 
         A future rather than a coroutine, so each of many waiting callers
-        holds one object less.
+        keeps one object less.
         """
         waiters = self._waiters
         if len(waiters) >= self._prune_at:
@@ -857,16 +857,20 @@ def handshake_commands(
     settings: ConnectionSettings, client_name: str
 ) -> list[tuple[CommandArg, ...]]:
     """Return the commands every new socket sends first: AUTH, SELECT, CLIENT SETNAME."""
-    commands: list[tuple[CommandArg, ...]] = []
-    if settings.password is not None:
-        if settings.username is not None:
-            commands.append(("AUTH", settings.username, settings.password))
-        else:
-            commands.append(("AUTH", settings.password))
+    commands = auth_commands(settings)
     if settings.db:
         commands.append(("SELECT", settings.db))
     commands.append(("CLIENT", "SETNAME", client_name))
     return commands
+
+
+def auth_commands(settings: ConnectionSettings) -> list[tuple[CommandArg, ...]]:
+    """Return the AUTH command for the settings' credentials, if any."""
+    if settings.password is None:
+        return []
+    if settings.username is not None:
+        return [("AUTH", settings.username, settings.password)]
+    return [("AUTH", settings.password)]
 
 
 def _client_certificate_hint(reason: str) -> str:

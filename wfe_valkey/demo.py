@@ -335,6 +335,7 @@ def _print_checks(ledger: Ledger, received: int, ids: list[str]) -> int:
     twice = [key for key, count in ledger.step_runs.items() if count > 1]
     missing = expected_runs - set(ledger.step_runs)
     completed_twice = [id for id, count in ledger.completions.items() if count > 1]
+
     checks = [
         (
             not twice and not missing and not completed_twice and ledger.completed == len(ids),
@@ -353,6 +354,7 @@ def _print_checks(ledger: Ledger, received: int, ids: list[str]) -> int:
             f"every published event received: {received:,} of {ledger.published:,}",
         ),
     ]
+
     print("checks:")
     for passed, text in checks:
         print(f"  [{'ok' if passed else 'FAILED'}] {text}")

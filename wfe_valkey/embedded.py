@@ -117,7 +117,7 @@ class EmbeddedValkey:
         logger.info("started %s on port %d", self.binary, self.port)
 
     def _wait_until_ready(self, timeout: float) -> None:
-        """Poll with PING until the server answers, or raise."""
+        """Poll with PING until the server replies, or raise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self._process is not None
@@ -136,7 +136,9 @@ class EmbeddedValkey:
                 pass
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"valkey-server did not answer on port {self.port} within {timeout} s")
+        raise RuntimeError(
+            f"valkey-server did not reply to PING on port {self.port} within {timeout} s"
+        )
 
     def stop(self) -> None:
         """Stop the server and remove its directory; idempotent."""

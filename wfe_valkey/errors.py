@@ -2,7 +2,7 @@
 
 Failures of the server or the network raise subclasses of `ValkeyError`.
 Mistakes in the caller's arguments raise subclasses of the built-in
-`ValueError` or `TypeError`, so they can be told apart from outages.
+`ValueError` or `TypeError`, so callers can distinguish them from outages.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class NoScriptError(ReplyError):
 
 
 class WrongTypeError(ReplyError):
-    """WRONGTYPE: the key holds a value of another type."""
+    """WRONGTYPE: the key contains a value of another type."""
 
 
 class AuthenticationError(ReplyError):

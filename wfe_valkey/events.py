@@ -4,7 +4,7 @@ The Rust side serializes with serde's defaults: compact JSON with the fields
 in declaration order, non-ASCII text as raw UTF-8, and the event type as an
 externally tagged enum (``"Started"``, or ``{"Error":{"message":"..."}}``).
 Timestamps are RFC 3339 in UTC with a ``Z`` and a fraction of 0, 3, 6 or 9
-digits, the shortest that holds the nanoseconds. An event read from a Rust
+digits, the shortest that represents the nanoseconds exactly. An event read from a Rust
 host's payload therefore writes back byte for byte the same text.
 
 Time is kept as integer nanoseconds since the Unix epoch, because Python's

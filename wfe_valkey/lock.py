@@ -187,7 +187,7 @@ class ValkeyLockProvider(ValkeyProvider):
 
 
 class LeaseState(enum.Enum):
-    """Where a `LockLease` is in its single use."""
+    """State of a `LockLease` in its single use."""
 
     NOT_ENTERED = "not entered"
     ACQUIRING = "acquiring"

@@ -297,7 +297,7 @@ class ValkeyQueueProvider(ValkeyProvider):
         return await open_connection(self._url, options, client_name)
 
     def queue_key(self, queue_type: QueueType) -> str:
-        """The list key that holds the queue of `queue_type`."""
+        """The list key that contains the queue of `queue_type`."""
         try:
             return self._keys[queue_type]
         except (KeyError, TypeError):

@@ -46,7 +46,7 @@ from urllib.parse import unquote
 
 from . import _probe
 from .config import DEFAULT_CONNECT_TIMEOUT, ConnectionSettings, parse_url
-from .connection import BACKOFF_BASE, BACKOFF_CAP, Connection, State
+from .connection import BACKOFF_BASE, BACKOFF_CAP, Connection, State, auth_commands
 from .errors import InvalidURLError, LoadingError, ReplyError, ValkeyConnectionError, ValkeyError
 from .resp import ReplyParser, encode_command
 
@@ -376,7 +376,7 @@ class SentinelConnection(Connection):
         try:
             parser = ReplyParser()
             commands = [
-                *_probe.auth_commands(sentinel),
+                *auth_commands(sentinel),
                 ("SUBSCRIBE", SWITCH_CHANNEL, PROMOTION_CHANNEL),
             ]
             writer.write(b"".join(encode_command(command) for command in commands))

@@ -86,7 +86,7 @@ EVERY_PRIMARY_SCRIPT_SUBCOMMANDS: Final = frozenset({"LOAD", "FLUSH"})
 
 
 class _Kind(enum.Enum):
-    """How a command name is routed."""
+    """Routing rule for a command name."""
 
     KEYED = "keyed by its first argument"
     SCRIPT = "keyed by its first KEYS argument"
