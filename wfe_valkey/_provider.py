@@ -45,6 +45,10 @@ class ValkeyProvider:
         self.prefix = prefix
         self._open_requested = True
         self._life_lock = asyncio.Lock()
+        # Also on a connection opened by the caller: its socket then loads
+        # the scripts on reconnect, and resends an EVALSHA that meets NOSCRIPT as EVAL.
+        for sha, source in self._scripts():
+            connection.register_script(sha, source)
 
     @property
     def settings(self) -> ConnectionSettings:

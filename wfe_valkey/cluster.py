@@ -48,8 +48,8 @@ from .errors import (
     ValkeyError,
     ValkeyTimeoutError,
 )
-from .resp import CommandArg
-from .slots import SLOT_COUNT, Target, route
+from .resp import CommandArg, encode_command
+from .slots import SLOT_COUNT, Target, cached_key_slot, route
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ RETRY_DELAY_CAP: Final = 0.2
 REDIRECT_CODES: Final = frozenset({"MOVED", "ASK"})
 RETRY_CODES: Final = frozenset({"TRYAGAIN", "CLUSTERDOWN"})
 CLUSTER_CODES: Final = REDIRECT_CODES | RETRY_CODES
+
+ASKING: Final = encode_command(("ASKING",))
 
 
 class ClusterConnection(Connection):
@@ -188,24 +190,29 @@ class ClusterConnection(Connection):
         Raises `ValueError` at once, before anything is sent, when the
         command cannot be routed or encoded.
         """
-        return self._execute(args, route(args))
+        target = route(args)
+        return self._execute(encode_command(args), target)
 
-    async def _execute(self, args: tuple[CommandArg, ...], target: int | Target) -> Any:
+    def execute_encoded(self, payload: bytes, key: bytes | None) -> Awaitable[Any]:
+        """Send one encoded command to the primary of `key`'s slot, or to any primary."""
+        return self._execute(payload, Target.ANY_NODE if key is None else cached_key_slot(key))
+
+    async def _execute(self, payload: bytes, target: int | Target) -> Any:
         """Send on the current map; anything but a plain reply takes the slow path."""
         if isinstance(target, Target):
             if target is Target.EVERY_PRIMARY:
-                return await self._execute_on_every_primary(args)
-            return await self._execute_slow(args, target, None, None)
+                return await self._execute_on_every_primary(payload)
+            return await self._execute_slow(payload, target, None, None)
 
         connection = self._slot_connections[target]
         if connection is None or connection.state is not State.READY:
-            return await self._execute_slow(args, target, None, None)
+            return await self._execute_slow(payload, target, None, None)
         try:
-            return await connection.execute(*args)
+            return await connection.execute_encoded(payload, None)
         except ReplyError as exc:
             if exc.code not in CLUSTER_CODES:
                 raise
-            return await self._execute_slow(args, target, exc, connection)
+            return await self._execute_slow(payload, target, exc, connection)
         except ConnectionLostError:
             self._request_refresh()
             raise
@@ -213,11 +220,11 @@ class ClusterConnection(Connection):
             self._request_refresh()
             raise
         except ValkeyConnectionError as exc:
-            return await self._execute_slow(args, target, exc, connection)
+            return await self._execute_slow(payload, target, exc, connection)
 
     async def _execute_slow(
         self,
-        args: tuple[CommandArg, ...],
+        payload: bytes,
         target: int | Target,
         error: ValkeyError | None,
         sent_to: Connection | None,
@@ -243,9 +250,9 @@ class ClusterConnection(Connection):
                 if ask_address is not None:
                     sent_to = await self._node_connection(ask_address, deadline)
                     ask_address = None
-                    return await self._execute_asking(sent_to, args)
+                    return await self._execute_asking(sent_to, payload)
                 sent_to = await self._connection_for(target, deadline)
-                return await sent_to.execute(*args)
+                return await sent_to.execute_encoded(payload, None)
             except ReplyError as exc:
                 if exc.code not in CLUSTER_CODES:
                     raise
@@ -256,9 +263,9 @@ class ClusterConnection(Connection):
             except ValkeyConnectionError as exc:
                 error = exc
 
-    async def _execute_asking(self, connection: Connection, args: tuple[CommandArg, ...]) -> Any:
+    async def _execute_asking(self, connection: Connection, payload: bytes) -> Any:
         """Send ASKING and the command in one write; return or raise its reply."""
-        replies = await connection.execute_many([("ASKING",), args])
+        replies = await connection.execute_many_encoded([ASKING, payload])
         reply = replies[1]
         if isinstance(reply, ReplyError):
             raise reply
@@ -294,13 +301,12 @@ class ClusterConnection(Connection):
         redirects and retries have been followed.
         """
         batch = list(commands)
-        return self._execute_many(batch, [route(args) for args in batch])
+        targets = [route(args) for args in batch]
+        return self._execute_many([encode_command(args) for args in batch], targets)
 
-    async def _execute_many(
-        self, commands: list[tuple[CommandArg, ...]], targets: list[int | Target]
-    ) -> list[Any]:
+    async def _execute_many(self, payloads: list[bytes], targets: list[int | Target]) -> list[Any]:
         """Send per-primary batches, then redo each command that needs redirecting."""
-        replies: list[Any] = [None] * len(commands)
+        replies: list[Any] = [None] * len(payloads)
         groups: dict[Connection, list[int]] = {}
         later: list[tuple[int, ValkeyError | None, Connection | None]] = []
         for index, target in enumerate(targets):
@@ -312,7 +318,7 @@ class ClusterConnection(Connection):
 
         results = await asyncio.gather(
             *(
-                connection.execute_many([commands[index] for index in indexes])
+                connection.execute_many_encoded([payloads[index] for index in indexes])
                 for connection, indexes in groups.items()
             ),
             return_exceptions=True,
@@ -335,10 +341,10 @@ class ClusterConnection(Connection):
         for index, error, sent_to in sorted(later, key=lambda item: item[0]):
             try:
                 if targets[index] is Target.EVERY_PRIMARY:
-                    replies[index] = await self._execute_on_every_primary(commands[index])
+                    replies[index] = await self._execute_on_every_primary(payloads[index])
                 else:
                     replies[index] = await self._execute_slow(
-                        commands[index], targets[index], error, sent_to
+                        payloads[index], targets[index], error, sent_to
                     )
             except ReplyError as exc:
                 replies[index] = exc
@@ -349,11 +355,12 @@ class ClusterConnection(Connection):
         deadline = self._loop.time() + (self.settings.timeout or DEFAULT_TIMEOUT)
         return [await self._node_connection(address, deadline) for address in list(self._primaries)]
 
-    async def _execute_on_every_primary(self, args: tuple[CommandArg, ...]) -> Any:
+    async def _execute_on_every_primary(self, payload: bytes) -> Any:
         """Run a command on every primary; return the first reply."""
         connections = await self.primary_connections()
         results = await asyncio.gather(
-            *(connection.execute(*args) for connection in connections), return_exceptions=True
+            *(connection.execute_encoded(payload, None) for connection in connections),
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):

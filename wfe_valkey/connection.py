@@ -48,6 +48,7 @@ from .errors import (
     ConnectionLostError,
     LoadingError,
     NoReplyError,
+    NoScriptError,
     ProtocolError,
     ReadOnlyError,
     ReplyError,
@@ -55,7 +56,7 @@ from .errors import (
     ValkeyError,
     ValkeyTimeoutError,
 )
-from .resp import CommandArg, ReplyParser, encode_command
+from .resp import CommandArg, ReplyParser, encode_command, evalsha_as_eval
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +180,12 @@ class _Wire(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         settings: ConnectionSettings,
         on_lost: Callable[[_Wire, str], None],
+        scripts: dict[str, str] | None = None,
     ) -> None:
         self._loop = loop
+        # SHA1 to source of the scripts the connection loads; an EVALSHA of
+        # one of them that meets NOSCRIPT is sent again as EVAL.
+        self._scripts = {} if scripts is None else scripts
         self._settings = settings
         self._on_lost = on_lost
         self._timeout = settings.timeout
@@ -352,12 +357,22 @@ class _Wire(asyncio.Protocol):
     def _deliver_error(
         self, future: asyncio.Future[Any], deadline: float, payload: bytes, error: ReplyError
     ) -> None:
-        """Hand an error reply to its caller, or send the command again on LOADING."""
+        """Hand an error reply to its caller, or send the command again.
+
+        A LOADING reply is retried after LOADING_RETRY_DELAY; an EVALSHA of a
+        known script that meets NOSCRIPT (the script cache was flushed) is
+        sent again at once as EVAL, which also puts the script back in the cache.
+        """
         if isinstance(error, LoadingError) and (
             self._timeout is None or self._loop.time() + LOADING_RETRY_DELAY < deadline
         ):
             self._loop.call_later(LOADING_RETRY_DELAY, self._resend, future, deadline, payload)
             return
+        if isinstance(error, NoScriptError):
+            as_eval = evalsha_as_eval(payload, self._scripts)
+            if as_eval is not None:
+                self._enqueue(future, as_eval, 1, deadline)
+                return
         future.set_exception(error)
         if isinstance(error, ReadOnlyError):
             self.abort("the server is a read-only replica now")
@@ -546,13 +561,29 @@ class Connection:
             return wire.send(payload)
         return self._send_when_ready([payload], single=True)
 
+    def execute_encoded(self, payload: bytes, key: bytes | None) -> Awaitable[Any]:
+        """Send one command already encoded as RESP; await its reply as from `execute`.
+
+        `key` is the key that routes the command on a cluster, or `None`
+        for a command without keys; a single server ignores it. The
+        providers build the bytes of their few commands from parts encoded
+        once, which costs a fraction of encoding every argument again.
+        """
+        wire = self._wire
+        if wire is not None and wire.writable and self.state is READY:
+            return wire.send(payload)
+        return self._send_when_ready([payload], single=True)
+
     def execute_many(self, commands: Sequence[tuple[CommandArg, ...]]) -> Awaitable[list[Any]]:
         """Send several commands in one write; the awaitable gives all replies.
 
         Error replies are returned in the list as `ReplyError` instances,
         in the position of their command, not raised.
         """
-        payloads = [encode_command(args) for args in commands]
+        return self.execute_many_encoded([encode_command(args) for args in commands])
+
+    def execute_many_encoded(self, payloads: list[bytes]) -> Awaitable[list[Any]]:
+        """`execute_many` for commands already encoded as RESP."""
         wire = self._wire
         if wire is not None and wire.writable and self.state is READY:
             return wire.send_batch(payloads)
@@ -607,8 +638,8 @@ class Connection:
     def register_script(self, sha: str, source: str) -> None:
         """Load `source` on every future connect.
 
-        It is not loaded now: until the next connect, a caller's EVALSHA may
-        get NOSCRIPT and must fall back to EVAL.
+        It is not loaded now, but an EVALSHA of it that meets NOSCRIPT is
+        sent again as EVAL, so callers may use EVALSHA at once.
         """
         self._scripts[sha] = source
 
@@ -652,7 +683,7 @@ class Connection:
         settings = await self._resolve_target()
 
         def factory() -> _Wire:
-            return _Wire(self._loop, settings, self._on_wire_lost)
+            return _Wire(self._loop, settings, self._on_wire_lost, self._scripts)
 
         return await open_socket(settings, factory, self._ssl_context_for(settings.tls))
 

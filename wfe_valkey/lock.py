@@ -26,7 +26,8 @@ from typing import Any, Final, Self
 
 from ._provider import ValkeyProvider, check_prefix, open_connection, reject_id
 from .connection import Connection
-from .errors import NoScriptError, ValkeyError
+from .errors import ValkeyError
+from .resp import BETWEEN_PARTS, command_head, encode_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,23 @@ class ValkeyLockProvider(ValkeyProvider):
 
     def __init__(self, connection: Connection, prefix: str) -> None:
         super().__init__(connection, prefix)
-        self.token = str(uuid.uuid4())
+        self._token = str(uuid.uuid4())
         self._key_prefix = f"{prefix}:lock:"
         self._duration_ms = _to_milliseconds(DEFAULT_LOCK_DURATION)
+        # The hot commands, encoded but for their key (see `resp.BETWEEN_PARTS`).
+        self._acquire_head = command_head(6, "SET")
+        self._acquire_tail = self._acquire_arguments()
+        self._release_head = command_head(5, "EVALSHA", RELEASE_SHA, 1)
+        self._release_tail = encode_arguments(self._token)
+
+    @property
+    def token(self) -> str:
+        """The value this provider stores in the locks it holds; unique per provider."""
+        return self._token
+
+    def _acquire_arguments(self) -> bytes:
+        """Encode the arguments of the acquire's SET that follow its key."""
+        return encode_arguments(self._token, "NX", "PX", self._duration_ms)
 
     @classmethod
     async def new(cls, url: str, prefix: str, **options: Any) -> Self:
@@ -99,6 +114,7 @@ class ValkeyLockProvider(ValkeyProvider):
         work: the expiry is sent in milliseconds, rounded up.
         """
         self._duration_ms = _to_milliseconds(duration)
+        self._acquire_tail = self._acquire_arguments()
         return self
 
     @property
@@ -118,10 +134,9 @@ class ValkeyLockProvider(ValkeyProvider):
             reject_id("resource", resource)
         if wait is not None:
             return await self._acquire_waiting(resource, wait)
-        reply = await self._connection.execute(
-            "SET", self._key_prefix + resource, self.token, "NX", "PX", self._duration_ms
-        )
-        return reply is not None
+        key = (self._key_prefix + resource).encode()
+        payload = BETWEEN_PARTS % (self._acquire_head, len(key), key, self._acquire_tail)
+        return await self._connection.execute_encoded(payload, key) is not None
 
     async def _acquire_waiting(self, resource: str, wait: float) -> bool:
         """Retry the acquire with jittered exponential backoff until `wait` ends."""
@@ -148,11 +163,9 @@ class ValkeyLockProvider(ValkeyProvider):
         if resource.__class__ is not str or not resource or not resource.isascii():
             reject_id("resource", resource)
         key = self._key_prefix + resource
-        arguments = (1, key, self.token, self._duration_ms)
-        try:
-            reply = await self._connection.execute("EVALSHA", EXTEND_SHA, *arguments)
-        except NoScriptError:
-            reply = await self._connection.execute("EVAL", EXTEND_SCRIPT, *arguments)
+        reply = await self._connection.execute(
+            "EVALSHA", EXTEND_SHA, 1, key, self._token, self._duration_ms
+        )
         return bool(reply == 1)
 
     def hold(self, resource: str, wait: float | None = None) -> LockLease:
@@ -176,11 +189,9 @@ class ValkeyLockProvider(ValkeyProvider):
         """Release the lock if this provider holds it; otherwise do nothing."""
         if resource.__class__ is not str or not resource or not resource.isascii():
             reject_id("resource", resource)
-        key = self._key_prefix + resource
-        try:
-            await self._connection.execute("EVALSHA", RELEASE_SHA, 1, key, self.token)
-        except NoScriptError:
-            await self._connection.execute("EVAL", RELEASE_SCRIPT, 1, key, self.token)
+        key = (self._key_prefix + resource).encode()
+        payload = BETWEEN_PARTS % (self._release_head, len(key), key, self._release_tail)
+        await self._connection.execute_encoded(payload, key)
 
     def _scripts(self) -> list[tuple[str, str]]:
         return [(RELEASE_SHA, RELEASE_SCRIPT), (EXTEND_SHA, EXTEND_SCRIPT)]

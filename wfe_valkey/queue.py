@@ -25,7 +25,7 @@ from .cluster import ClusterConnection
 from .connection import Connection
 from .contracts import QueueType
 from .errors import ValkeyConnectionError, ValkeyError
-from .resp import CommandArg
+from .resp import BETWEEN_PARTS, CommandArg, command_head, encode_command
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,12 @@ class ValkeyQueueProvider(ValkeyProvider):
     ) -> None:
         super().__init__(connection, prefix)
         self._keys = {queue_type: f"{prefix}:queue:{queue_type.value}" for queue_type in QueueType}
+        # Per queue type: the key, the LPUSH encoded but for its id, and the
+        # whole RPOP (see `resp.BETWEEN_PARTS`).
+        self._commands = {
+            queue_type: (key.encode(), command_head(3, "LPUSH", key), encode_command(("RPOP", key)))
+            for queue_type, key in self._keys.items()
+        }
         self.dequeue_wait = _check_dequeue_wait(dequeue_wait)
         self.dequeue_connections = _check_connection_count(dequeue_connections)
         self._url: str | None = None
@@ -301,13 +307,18 @@ class ValkeyQueueProvider(ValkeyProvider):
         try:
             return self._keys[queue_type]
         except (KeyError, TypeError):
-            raise TypeError(f"queue_type must be a QueueType, got {queue_type!r}") from None
+            raise _not_a_queue_type(queue_type) from None
 
     async def queue_work(self, id: str, queue_type: QueueType) -> None:
         """Append `id` to the queue; the same id may be queued more than once."""
         if id.__class__ is not str or not id or not id.isascii():
             reject_id("id", id)
-        await self._connection.execute("LPUSH", self.queue_key(queue_type), id)
+        try:
+            key, push_head, _ = self._commands[queue_type]
+        except (KeyError, TypeError):
+            raise _not_a_queue_type(queue_type) from None
+        raw = id.encode()
+        await self._connection.execute_encoded(BETWEEN_PARTS % (push_head, len(raw), raw, b""), key)
 
     async def dequeue_work(self, queue_type: QueueType) -> str | None:
         """Take the oldest id of the queue, or `None` when it is empty.
@@ -320,7 +331,11 @@ class ValkeyQueueProvider(ValkeyProvider):
         """
         if self._waiting is not None:
             return await self._dequeue_waiting(queue_type)
-        reply = await self._connection.execute("RPOP", self.queue_key(queue_type))
+        try:
+            key, _, pop = self._commands[queue_type]
+        except (KeyError, TypeError):
+            raise _not_a_queue_type(queue_type) from None
+        reply = await self._connection.execute_encoded(pop, key)
         return None if reply is None else reply.decode()
 
     async def _dequeue_waiting(self, queue_type: QueueType) -> str | None:
@@ -369,6 +384,10 @@ class ValkeyQueueProvider(ValkeyProvider):
     def is_dequeue_blocking(self) -> bool:
         """`True` when `dequeue_work` waits for work (`dequeue_wait` set), else `False`."""
         return self.dequeue_wait is not None
+
+
+def _not_a_queue_type(queue_type: object) -> TypeError:
+    return TypeError(f"queue_type must be a QueueType, got {queue_type!r}")
 
 
 def _check_dequeue_wait(wait: object) -> float | None:

@@ -41,7 +41,7 @@ from typing import Any, Final, Self
 from ._provider import check_prefix, open_connection, reject_id
 from .connection import Connection
 from .contracts import QueueType
-from .errors import NoScriptError, ReplyError, ValkeyError
+from .errors import ReplyError, ValkeyError
 from .queue import DEFAULT_DEQUEUE_CONNECTIONS, NO_CONNECTION, ValkeyQueueProvider
 from .resp import CommandArg
 
@@ -362,13 +362,8 @@ class ReliableQueueProvider(ValkeyQueueProvider):
     async def _run_script(
         self, sha: str, keys: Sequence[str], arguments: Sequence[CommandArg]
     ) -> Any:
-        """Run a script by EVALSHA, sending its source when the server lacks it."""
-        try:
-            return await self._connection.execute("EVALSHA", sha, len(keys), *keys, *arguments)
-        except NoScriptError:
-            return await self._connection.execute(
-                "EVAL", SCRIPTS[sha], len(keys), *keys, *arguments
-            )
+        """Run a script by EVALSHA; the connection sends its source when the server lacks it."""
+        return await self._connection.execute("EVALSHA", sha, len(keys), *keys, *arguments)
 
     def _scripts(self) -> list[tuple[str, str]]:
         return list(SCRIPTS.items())

@@ -6,12 +6,19 @@ replies come out as exception instances (not raised), chosen by the error's
 first word, so that the caller of each command decides what to do with its
 own error.
 
+The providers send the same few commands over and over, with one
+argument that changes. They encode the fixed parts once with
+`command_head` and `encode_arguments`, and put the changing argument
+between them with `BETWEEN_PARTS`, which costs about a third of encoding
+every argument again.
+
 The protocol spoken is RESP2: every server since Redis 2 speaks it, and the
 providers need no RESP3 type.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 import hiredis
@@ -54,6 +61,53 @@ def encode_command(args: tuple[CommandArg, ...]) -> bytes:
         return payload
     except UnicodeEncodeError:
         raise ValueError(_describe_unencodable(args)) from None
+
+
+# `BETWEEN_PARTS % (head, len(value), value, tail)` is a command whose
+# argument `value` (bytes) comes between two parts already encoded.
+BETWEEN_PARTS: Final = b"%s$%d\r\n%s\r\n%s"
+
+
+def command_head(length: int, *args: CommandArg) -> bytes:
+    """Encode the start of a command of `length` arguments: its header and `args`."""
+    return b"*%d\r\n" % length + encode_arguments(*args)
+
+
+def encode_arguments(*args: CommandArg) -> bytes:
+    """Encode `args` as they appear inside a command, with no header."""
+    if not args:
+        return b""
+    packed = encode_command(args)
+    return packed[packed.index(b"\r\n") + 2 :]
+
+
+EVALSHA_NAME: Final = b"$7\r\nEVALSHA\r\n$40\r\n"
+
+
+def evalsha_as_eval(payload: bytes, scripts: Mapping[str, str]) -> bytes | None:
+    """Turn an encoded EVALSHA of one of `scripts` into the same EVAL.
+
+    `scripts` maps SHA1 digests (lower case) to sources. Returns `None`
+    when `payload` is not an EVALSHA or its script is not in `scripts`.
+    The keys and arguments are kept byte for byte.
+    """
+    name_start = payload.find(b"\r\n") + 2
+    sha_start = name_start + len(EVALSHA_NAME)
+    sha_end = sha_start + 40
+    if payload[name_start:sha_start].upper() != EVALSHA_NAME:
+        return None
+    if payload[sha_end : sha_end + 2] != b"\r\n":
+        return None
+    source = scripts.get(payload[sha_start:sha_end].decode("ascii", "replace").lower())
+    if source is None:
+        return None
+    body = source.encode()
+    return b"%s$4\r\nEVAL\r\n$%d\r\n%s%s" % (
+        payload[:name_start],
+        len(body),
+        body,
+        payload[sha_end:],
+    )
 
 
 def _describe_unencodable(args: tuple[CommandArg, ...]) -> str:

@@ -121,8 +121,7 @@ def route(args: tuple[CommandArg, ...]) -> int | Target:
     if kind is _Kind.KEYED:
         if len(args) < 2:
             return Target.ANY_NODE
-        slot = _slots.get(args[1])
-        return _cache_slot(args[1]) if slot is None else slot
+        return cached_key_slot(args[1])
     if kind is _Kind.SCRIPT:
         return _script_route(args)
     if kind is _Kind.SCRIPT_ADMIN:
@@ -131,6 +130,12 @@ def route(args: tuple[CommandArg, ...]) -> int | Target:
         )
         return Target.EVERY_PRIMARY if changes_scripts else Target.ANY_NODE
     return Target.ANY_NODE
+
+
+def cached_key_slot(key: CommandArg) -> int:
+    """Return the hash slot of `key`, remembered for the next call with the same key."""
+    slot = _slots.get(key)
+    return _cache_slot(key) if slot is None else slot
 
 
 def _learn_kind(arg: CommandArg) -> _Kind:
