@@ -14,7 +14,18 @@ from wfe_valkey.errors import (
     ReplyError,
     WrongTypeError,
 )
-from wfe_valkey.resp import ReplyParser, encode_command, error_from_reply
+from wfe_valkey.resp import (
+    BETWEEN_PARTS,
+    ReplyParser,
+    command_head,
+    encode_arguments,
+    encode_command,
+    error_from_reply,
+    evalsha_as_eval,
+)
+
+SCRIPT = "return redis.call('get', KEYS[1])"
+SCRIPT_SHA = "4e6d8fc8bb01276962cce5371fa795a7763657ae"
 
 
 def test_encode_command_writes_bulk_strings() -> None:
@@ -32,6 +43,41 @@ def test_encode_command_keeps_bytes_unchanged() -> None:
 def test_encode_command_rejects_lone_surrogate() -> None:
     with pytest.raises(ValueError, match="not encodable as UTF-8"):
         encode_command(("SET", "\udc80", "x"))
+
+
+def test_parts_around_one_argument_encode_the_whole_command() -> None:
+    head = command_head(6, "SET")
+    tail = encode_arguments("token", "NX", "PX", 30000)
+
+    payload = BETWEEN_PARTS % (head, len(b"p:lock:r\xc3\xa4"), b"p:lock:r\xc3\xa4", tail)
+
+    assert payload == encode_command(("SET", "p:lock:rä", "token", "NX", "PX", 30000))
+
+
+def test_encode_arguments_of_nothing_is_empty() -> None:
+    assert encode_arguments() == b""
+
+
+def test_evalsha_of_a_known_script_becomes_eval_with_the_same_keys() -> None:
+    payload = encode_command(("evalsha", SCRIPT_SHA.upper(), 1, "k\r\n", "arg"))
+
+    assert evalsha_as_eval(payload, {SCRIPT_SHA: SCRIPT}) == encode_command(
+        ("EVAL", SCRIPT, 1, "k\r\n", "arg")
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "0" * 40, 1, "k"),
+        ("EVAL", SCRIPT, 1, "k"),
+        ("GET", "EVALSHA"),
+        ("EVALSHA", SCRIPT_SHA + "0", 1, "k"),
+    ],
+    ids=["unknown script", "already eval", "other command", "longer digest"],
+)
+def test_evalsha_of_anything_else_is_left_alone(command: tuple[str | int, ...]) -> None:
+    assert evalsha_as_eval(encode_command(command), {SCRIPT_SHA: SCRIPT}) is None
 
 
 def test_parse_returns_replies_in_order() -> None:

@@ -19,14 +19,20 @@ import valkey
 from wfe_valkey import (
     BusyError,
     LoadingError,
+    NoScriptError,
     QueueType,
     ReadOnlyError,
     ReplyError,
     ValkeyLockProvider,
     ValkeyQueueProvider,
     WrongTypeError,
+    parse_url,
 )
+from wfe_valkey.connection import Connection
 from wfe_valkey.embedded import EmbeddedValkey
+
+GET_SCRIPT = "return redis.call('get', KEYS[1])"
+GET_SCRIPT_SHA = "4e6d8fc8bb01276962cce5371fa795a7763657ae"
 
 # DEBUG POPULATE this many keys, each loaded KEY_LOAD_DELAY_US microseconds
 # slower, so a DEBUG RELOAD keeps the server LOADING for about a second.
@@ -84,6 +90,45 @@ async def test_release_happens_after_script_flush(
         await locks.release_lock("wf-1")
         assert checker.exists(f"{prefix}:lock:wf-1") == 0
     await locks.close()
+
+
+async def test_release_on_a_connection_opened_without_scripts_after_flush(
+    private_server: EmbeddedValkey, prefix: str
+) -> None:
+    connection = await Connection.open(parse_url(private_server.url))
+    locks = ValkeyLockProvider(connection, prefix)
+    await locks.acquire_lock("wf-1")
+
+    with valkey.Valkey(port=private_server.port) as checker:
+        checker.script_flush()
+        await locks.release_lock("wf-1")
+        assert checker.exists(f"{prefix}:lock:wf-1") == 0
+    await connection.close()
+
+
+async def test_evalsha_of_a_registered_script_is_sent_again_as_eval(
+    private_server: EmbeddedValkey, prefix: str
+) -> None:
+    connection = await Connection.open(parse_url(private_server.url))
+    connection.register_script(GET_SCRIPT_SHA, GET_SCRIPT)
+    await connection.execute("SET", f"{prefix}:k", "v")
+
+    with valkey.Valkey(port=private_server.port) as checker:
+        checker.script_flush()
+        reply = await connection.execute("EVALSHA", GET_SCRIPT_SHA, 1, f"{prefix}:k")
+        assert reply == b"v"
+        assert checker.script_exists(GET_SCRIPT_SHA) == [True]
+    await connection.close()
+
+
+async def test_evalsha_of_an_unknown_script_raises_no_script(
+    private_server: EmbeddedValkey, prefix: str
+) -> None:
+    connection = await Connection.open(parse_url(private_server.url))
+
+    with pytest.raises(NoScriptError, match=r"^NOSCRIPT"):
+        await connection.execute("EVALSHA", GET_SCRIPT_SHA, 1, f"{prefix}:k")
+    await connection.close()
 
 
 async def test_command_during_loading_waits_until_loaded(

@@ -195,4 +195,3 @@ async def test_many_callers_on_frozen_server_all_time_out(
     assert all(isinstance(result, TimeoutError) for result in results)
     assert await locks.acquire_lock("after-thaw") is True
     await locks.close()
-
