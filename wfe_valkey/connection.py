@@ -38,6 +38,7 @@ import logging
 import random
 import socket
 import ssl
+from asyncio import Future
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
@@ -193,9 +194,11 @@ class _Wire(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._pending: deque[_Pending] = deque()
         self._buffer: list[bytes] = []
-        self._unsent_replies = 0
+        # How many of the pending entries, counted from the first, were written.
+        self._written = 0
         self._unsent_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+        self._turn_deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timed_out = 0
         self._last_received = loop.time()
@@ -226,14 +229,16 @@ class _Wire(asyncio.Protocol):
             self.abort(str(exc))
             return
 
-        pending = self._pending
+        if self._timed_out:
+            self._timed_out = max(0, self._timed_out - len(replies))
+        self._written -= len(replies)
+        next_pending = self._pending.popleft
         for reply in replies:
-            if not pending:
+            try:
+                waiter, deadline, payload = next_pending()
+            except IndexError:
                 self.abort("server sent a reply to no command")
                 return
-            waiter, deadline, payload = pending.popleft()
-            if self._timed_out:
-                self._timed_out -= 1
             if waiter.__class__ is _Batch:
                 waiter.add(reply)
             elif waiter.done():
@@ -283,29 +288,36 @@ class _Wire(asyncio.Protocol):
         This is `_enqueue` for one command with no earlier deadline, written
         out because every provider call takes this path.
         """
-        loop = self._loop
-        future: asyncio.Future[Any] = loop.create_future()
-        timeout = self._timeout
-        deadline = loop.time() + timeout if timeout is not None else 0.0
+        future: asyncio.Future[Any] = Future(loop=self._loop)
+        if self._flush_handle is None:
+            self._start_turn()
+        deadline = self._turn_deadline
         self._pending.append((future, deadline, payload))
         self._buffer.append(payload)
-        self._unsent_replies += 1
         unsent_bytes = self._unsent_bytes + len(payload)
         self._unsent_bytes = unsent_bytes
         if unsent_bytes >= EARLY_FLUSH_BYTES:
             self.flush_now()
-        elif self._flush_handle is None:
-            self._flush_handle = loop.call_soon(self._flush)
-        if self._timer is None and timeout is not None:
-            self._timer = loop.call_at(deadline, self._expire)
         return future
 
     def send_batch(self, payloads: Sequence[bytes]) -> asyncio.Future[list[Any]]:
         """Queue several commands; return the future of all their replies."""
-        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        future: asyncio.Future[list[Any]] = Future(loop=self._loop)
         batch = _Batch(future, len(payloads))
         self._enqueue(batch, b"".join(payloads), len(payloads), None)
         return future
+
+    def _start_turn(self) -> None:
+        """Schedule the write for the end of this event-loop turn; fix the turn's deadline.
+
+        The commands of one turn share the deadline taken at the first of
+        them, so the clock is read once per turn rather than per command,
+        and a command may time out earlier by the time the turn has run.
+        """
+        loop = self._loop
+        self._flush_handle = loop.call_soon(self._flush)
+        timeout = self._timeout
+        self._turn_deadline = loop.time() + timeout if timeout is not None else 0.0
 
     def _enqueue(
         self,
@@ -315,23 +327,19 @@ class _Wire(asyncio.Protocol):
         deadline: float | None,
     ) -> None:
         """Put the command in the write buffer and its waiters in line."""
-        timeout = self._timeout
+        if self._flush_handle is None:
+            self._start_turn()
         if deadline is None:
-            deadline = self._loop.time() + timeout if timeout is not None else 0.0
+            deadline = self._turn_deadline
         entry = (waiter, deadline, payload)
         if replies == 1:
             self._pending.append(entry)
         else:
             self._pending.extend([entry] * replies)
         self._buffer.append(payload)
-        self._unsent_replies += replies
         self._unsent_bytes += len(payload)
         if self._unsent_bytes >= EARLY_FLUSH_BYTES:
             self.flush_now()
-        elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-        if timeout is not None and self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._expire)
 
     def _flush(self) -> None:
         """Write everything issued during the last event-loop turn at once."""
@@ -343,12 +351,14 @@ class _Wire(asyncio.Protocol):
             return
         buffer = self._buffer
         self._buffer = []
-        self._unsent_replies = 0
+        self._written = len(self._pending)
         self._unsent_bytes = 0
         if len(buffer) == 1:
             transport.write(buffer[0])
         else:
             transport.write(b"".join(buffer))
+        if self._timer is None and self._timeout is not None:
+            self._arm_timer()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("wrote %d commands to %s", len(buffer), self._settings.address)
 
@@ -425,8 +435,13 @@ class _Wire(asyncio.Protocol):
             self._server_hung = True
             self.abort(f"no reply for {self._timeout} s")
             return
-        if index < len(pending):
-            self._timer = self._loop.call_at(pending[index][1], self._expire)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """Run `_expire` at the deadline of the first command not yet timed out, if any."""
+        if self._timed_out < len(self._pending):
+            deadline = self._pending[self._timed_out][1]
+            self._timer = self._loop.call_at(deadline, self._expire)
 
     # closing
 
@@ -471,8 +486,7 @@ class _Wire(asyncio.Protocol):
     def _fail_pending(self, reason: str) -> None:
         """Fail every waiting caller: written commands and unsent ones differ."""
         address = self._settings.address
-        unsent = self._unsent_replies
-        written = len(self._pending) - unsent
+        written = self._written
         for position, (waiter, _, _) in enumerate(self._pending):
             if waiter.done():
                 continue
@@ -499,7 +513,7 @@ class _Wire(asyncio.Protocol):
                 )
         self._pending.clear()
         self._buffer.clear()
-        self._unsent_replies = 0
+        self._written = 0
         self._unsent_bytes = 0
 
 
