@@ -47,6 +47,9 @@ ERROR_CLASSES: Final[dict[str, type[ReplyError]]] = {
     "BUSY": BusyError,
 }
 
+# Every class `ReplyParser` gives error replies, for a test by class.
+ERROR_REPLY_CLASSES: Final = frozenset({ReplyError, *ERROR_CLASSES.values()})
+
 
 def encode_command(args: tuple[CommandArg, ...]) -> bytes:
     """Encode one command as a RESP array of bulk strings.
