@@ -43,6 +43,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
+import hiredis
+
 from .config import ConnectionSettings, TLSSettings
 from .errors import (
     AuthenticationError,
@@ -50,14 +52,22 @@ from .errors import (
     LoadingError,
     NoReplyError,
     NoScriptError,
-    ProtocolError,
     ReadOnlyError,
     ReplyError,
     ValkeyConnectionError,
     ValkeyError,
     ValkeyTimeoutError,
 )
-from .resp import ERROR_REPLY_CLASSES, CommandArg, ReplyParser, encode_command, evalsha_as_eval
+from .resp import (
+    ERROR_REPLY_CLASSES,
+    NOT_ENOUGH_DATA,
+    UNTYPED_CLASSES,
+    CommandArg,
+    encode_command,
+    evalsha_as_eval,
+    raw_reader,
+    typed_reply,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +200,7 @@ class _Wire(asyncio.Protocol):
         self._settings = settings
         self._on_lost = on_lost
         self._timeout = settings.timeout
-        self._parser = ReplyParser()
+        self._reader = raw_reader()
         self._transport: asyncio.Transport | None = None
         self._pending: deque[_Pending] = deque()
         self._buffer: list[bytes] = []
@@ -222,34 +232,41 @@ class _Wire(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def data_received(self, data: bytes) -> None:
-        self._last_received = self._loop.time()
-        try:
-            replies = self._parser.parse(data)
-        except ProtocolError as exc:
-            self.abort(str(exc))
-            return
+        """Hand each complete reply to the caller first in line.
 
-        if self._timed_out:
-            self._timed_out = max(0, self._timed_out - len(replies))
-        self._written -= len(replies)
+        This is `ReplyParser.parse` and the hand-over in one loop, without
+        a list per read: the common case, a plain reply for a single
+        command, costs two class tests.
+        """
+        self._last_received = self._loop.time()
+        reader = self._reader
+        reader.feed(data)
         next_pending = self._pending.popleft
-        for reply in replies:
-            try:
-                waiter, deadline, payload = next_pending()
-            except IndexError:
-                self.abort("server sent a reply to no command")
-                return
-            if waiter.__class__ is _Batch:
-                waiter.add(reply)
-            elif reply.__class__ in ERROR_REPLY_CLASSES:
-                if not waiter.done():
-                    self._deliver_error(waiter, deadline, payload, reply)  # type: ignore[arg-type]
-            else:
-                # Cheaper than a done() test: a try block costs nothing until it raises.
-                try:  # noqa: SIM105 - contextlib.suppress costs more on this path
-                    waiter.set_result(reply)  # type: ignore[union-attr]
-                except InvalidStateError:
-                    pass  # the caller was cancelled or timed out
+        count = 0
+        try:
+            reply = reader.gets()
+            while reply is not NOT_ENOUGH_DATA:
+                count += 1
+                try:
+                    waiter, deadline, payload = next_pending()
+                except IndexError:
+                    self.abort("server sent a reply to no command")
+                    return
+                if waiter.__class__ is not Future or reply.__class__ in UNTYPED_CLASSES:
+                    self._deliver(waiter, deadline, payload, typed_reply(reply))
+                else:
+                    # Cheaper than a done() test: a try block costs nothing until it raises.
+                    try:  # noqa: SIM105 - contextlib.suppress costs more on this path
+                        waiter.set_result(reply)
+                    except InvalidStateError:
+                        pass  # the caller was cancelled or timed out
+                reply = reader.gets()
+        except hiredis.ProtocolError as exc:
+            self.abort(f"invalid RESP from server: {exc}")
+        finally:
+            if self._timed_out:
+                self._timed_out = max(0, self._timed_out - count)
+            self._written -= count
 
     def eof_received(self) -> bool:
         """Stop taking commands at once; the transport closes after this."""
@@ -366,6 +383,19 @@ class _Wire(asyncio.Protocol):
             logger.debug("wrote %d commands to %s", len(buffer), self._settings.address)
 
     # replies that need more than a hand-over
+
+    def _deliver(
+        self, waiter: asyncio.Future[Any] | _Batch, deadline: float, payload: bytes, reply: Any
+    ) -> None:
+        """Hand over a reply to a batch, an error reply, or an array."""
+        if waiter.__class__ is _Batch:
+            waiter.add(reply)
+        elif waiter.done():
+            return
+        elif reply.__class__ in ERROR_REPLY_CLASSES:
+            self._deliver_error(waiter, deadline, payload, reply)  # type: ignore[arg-type]
+        else:
+            waiter.set_result(reply)  # type: ignore[union-attr]
 
     def _deliver_error(
         self, future: asyncio.Future[Any], deadline: float, payload: bytes, error: ReplyError

@@ -135,11 +135,36 @@ def error_from_reply(message: str) -> ReplyError:
     return ERROR_CLASSES.get(code, ReplyError)(message)
 
 
-class _RawError(Exception):
-    """An error reply as hiredis builds it, before it gets its type."""
+class RawError(Exception):
+    """An error reply as hiredis builds it, before `typed_reply` gives it its type."""
 
 
 NOT_ENOUGH_DATA: Final = object()
+
+# The classes of raw replies that `typed_reply` changes: error replies, and
+# arrays, which may hold error replies.
+UNTYPED_CLASSES: Final = frozenset({RawError, list})
+
+
+def raw_reader() -> hiredis.Reader:
+    """Return a hiredis reader for the hot path: replies come out raw.
+
+    A reply whose class is in UNTYPED_CLASSES needs `typed_reply`. Its
+    `gets()` returns NOT_ENOUGH_DATA while no reply is complete, and raises
+    `hiredis.ProtocolError` on bytes that are not RESP.
+    """
+    return hiredis.Reader(replyError=RawError, notEnoughData=NOT_ENOUGH_DATA)
+
+
+def typed_reply(reply: Any) -> Any:
+    """Turn raw error replies into typed exceptions, also inside arrays."""
+    if reply.__class__ is RawError:
+        return error_from_reply(str(reply))
+    if reply.__class__ is list:
+        for index, item in enumerate(reply):
+            if item.__class__ in UNTYPED_CLASSES:
+                reply[index] = typed_reply(item)
+    return reply
 
 
 class ReplyParser:
@@ -152,7 +177,7 @@ class ReplyParser:
     """
 
     def __init__(self) -> None:
-        self._reader = hiredis.Reader(replyError=_RawError, notEnoughData=NOT_ENOUGH_DATA)
+        self._reader = raw_reader()
 
     def parse(self, data: bytes) -> list[Any]:
         """Feed received bytes; return every reply they complete, in order.
@@ -166,22 +191,10 @@ class ReplyParser:
         try:
             reply = reader.gets()
             while reply is not NOT_ENOUGH_DATA:
-                if reply.__class__ is _RawError:
-                    reply = error_from_reply(str(reply))
-                elif reply.__class__ is list:
-                    reply = _type_nested_errors(reply)
+                if reply.__class__ in UNTYPED_CLASSES:
+                    reply = typed_reply(reply)
                 replies.append(reply)
                 reply = reader.gets()
         except hiredis.ProtocolError as exc:
             raise ProtocolError(f"invalid RESP from server: {exc}") from None
         return replies
-
-
-def _type_nested_errors(items: list[Any]) -> list[Any]:
-    """Replace raw error replies inside an array by typed exceptions."""
-    for index, item in enumerate(items):
-        if item.__class__ is _RawError:
-            items[index] = error_from_reply(str(item))
-        elif item.__class__ is list:
-            _type_nested_errors(item)
-    return items
