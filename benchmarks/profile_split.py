@@ -8,8 +8,9 @@ Each sample is charged to the innermost Python line it was taken in (py-spy
 without ``--native`` charges a C function to the line that called it), and
 that line to one category:
 
-- encode: building the RESP bytes of a command (hiredis ``pack_command``);
-- parse: feeding received bytes to the hiredis reader and collecting replies;
+- encode: building the RESP bytes of a command (hiredis ``pack_command``,
+  or the providers' encoded parts joined by ``BETWEEN_PARTS``);
+- parse: feeding received bytes to the hiredis reader and taking out replies;
 - futures: creating reply futures and resolving them;
 - socket I/O: ``send``, ``recv`` and waiting in ``epoll``;
 - event loop: asyncio's own scheduling (call_soon, handles, task steps);
@@ -69,6 +70,10 @@ def categorize(frame: str) -> str:
 
     if "create_future" in text or "set_result" in text or function.endswith("create_future"):
         return "futures"
+    if "Future(loop=" in text:
+        return "futures"
+    if "BETWEEN_PARTS %" in text or "pack_command" in text:
+        return "encode"
     if path.endswith("bare_loop.py"):
         # The bare loop is its own RESP layer and connection in one class.
         if "pack_command" in text:
@@ -76,7 +81,7 @@ def categorize(frame: str) -> str:
         return "parse" if "_reader" in text else "connection"
     if path.endswith("resp.py"):
         return "encode" if function == "encode_command" else "parse"
-    if path.endswith("connection.py") and ".parse(" in text:
+    if path.endswith("connection.py") and (".parse(" in text or "reader." in text):
         return "parse"
     if path.endswith("selectors.py") or "sock.send" in text or "sock.recv" in text:
         return "socket I/O"

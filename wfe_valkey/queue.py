@@ -318,7 +318,8 @@ class ValkeyQueueProvider(ValkeyProvider):
         except (KeyError, TypeError):
             raise _not_a_queue_type(queue_type) from None
         raw = id.encode()
-        await self._connection.execute_encoded(BETWEEN_PARTS % (push_head, len(raw), raw, b""), key)
+        payload = BETWEEN_PARTS % (push_head, len(raw), raw, b"")
+        await self._connection.execute_encoded(payload, key)
 
     async def dequeue_work(self, queue_type: QueueType) -> str | None:
         """Take the oldest id of the queue, or `None` when it is empty.
