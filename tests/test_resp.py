@@ -45,7 +45,7 @@ def test_encode_command_rejects_lone_surrogate() -> None:
         encode_command(("SET", "\udc80", "x"))
 
 
-def test_parts_around_one_argument_encode_the_whole_command() -> None:
+def test_encoded_parts_make_the_whole_command() -> None:
     head = command_head(6, "SET")
     tail = encode_arguments("token", "NX", "PX", 30000)
 
@@ -54,11 +54,11 @@ def test_parts_around_one_argument_encode_the_whole_command() -> None:
     assert payload == encode_command(("SET", "p:lock:rä", "token", "NX", "PX", 30000))
 
 
-def test_encode_arguments_of_nothing_is_empty() -> None:
+def test_encode_no_arguments_is_empty() -> None:
     assert encode_arguments() == b""
 
 
-def test_evalsha_of_a_known_script_becomes_eval_with_the_same_keys() -> None:
+def test_known_evalsha_becomes_eval() -> None:
     payload = encode_command(("evalsha", SCRIPT_SHA.upper(), 1, "k\r\n", "arg"))
 
     assert evalsha_as_eval(payload, {SCRIPT_SHA: SCRIPT}) == encode_command(
@@ -76,7 +76,7 @@ def test_evalsha_of_a_known_script_becomes_eval_with_the_same_keys() -> None:
     ],
     ids=["unknown script", "already eval", "other command", "longer digest"],
 )
-def test_evalsha_of_anything_else_is_left_alone(command: tuple[str | int, ...]) -> None:
+def test_evalsha_as_eval_leaves_others(command: tuple[str | int, ...]) -> None:
     assert evalsha_as_eval(encode_command(command), {SCRIPT_SHA: SCRIPT}) is None
 
 

@@ -92,7 +92,7 @@ async def test_release_happens_after_script_flush(
     await locks.close()
 
 
-async def test_release_on_a_connection_opened_without_scripts_after_flush(
+async def test_release_after_flush_on_caller_connection(
     private_server: EmbeddedValkey, prefix: str
 ) -> None:
     connection = await Connection.open(parse_url(private_server.url))
@@ -106,7 +106,7 @@ async def test_release_on_a_connection_opened_without_scripts_after_flush(
     await connection.close()
 
 
-async def test_evalsha_of_a_registered_script_is_sent_again_as_eval(
+async def test_registered_evalsha_resent_as_eval(
     private_server: EmbeddedValkey, prefix: str
 ) -> None:
     connection = await Connection.open(parse_url(private_server.url))
@@ -121,7 +121,7 @@ async def test_evalsha_of_a_registered_script_is_sent_again_as_eval(
     await connection.close()
 
 
-async def test_evalsha_of_an_unknown_script_raises_no_script(
+async def test_unknown_evalsha_raises_no_script(
     private_server: EmbeddedValkey, prefix: str
 ) -> None:
     connection = await Connection.open(parse_url(private_server.url))

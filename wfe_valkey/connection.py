@@ -234,9 +234,8 @@ class _Wire(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Hand each complete reply to the caller first in line.
 
-        This is `ReplyParser.parse` and the hand-over in one loop, without
-        a list per read: the common case, a plain reply for a single
-        command, costs two class tests.
+        It parses and hands over in one loop, so no list of replies is built
+        per read. A plain reply for a single command costs two class tests.
         """
         self._last_received = self._loop.time()
         reader = self._reader
