@@ -63,6 +63,7 @@ from wfe_valkey import (
 from wfe_valkey.cluster import ClusterConnection
 from wfe_valkey.connection import Connection
 from wfe_valkey.embedded import EmbeddedValkey
+from wfe_valkey.resp import encode_command
 from wfe_valkey.slots import Target, key_slot, route
 from wfe_valkey.subscriber import ValkeyLifecycleSubscriber
 
@@ -326,6 +327,37 @@ async def test_execute_many_spans_primaries_in_order(cluster: Cluster, prefix: s
     assert isinstance(replies[2], WrongTypeError)
     assert replies[3] == b"a"
     assert replies[4] == [b"b1", b"b2"]
+
+
+async def test_encoded_batch_is_routed_by_keys(cluster: Cluster, prefix: str) -> None:
+    first = prefix_with_key_on(cluster, cluster.primaries[0], QueueType.WORKFLOW)
+    second = prefix_with_key_on(cluster, cluster.primaries[1], QueueType.WORKFLOW)
+    key_a, key_b = f"{first}:queue:workflow".encode(), f"{second}:queue:workflow".encode()
+
+    async with await ValkeyQueueProvider.new(cluster.url, prefix) as queues:
+        connection = queues._connection
+        replies = await connection.execute_many_encoded(
+            [encode_command(("SET", key_a, "a")), encode_command(("SET", key_b, "b"))],
+            [key_a, key_b],
+        )
+        values = [
+            await connection.execute_encoded(encode_command(("GET", key)), key)
+            for key in (key_a, key_b)
+        ]
+
+    assert replies == [b"OK", b"OK"]
+    assert values == [b"a", b"b"]
+    with cluster.primaries[0].client() as first_primary:
+        assert first_primary.get(key_a) == b"a"
+    with cluster.primaries[1].client() as second_primary:
+        assert second_primary.get(key_b) == b"b"
+
+
+async def test_encoded_batch_needs_one_key_per_command(
+    cluster: Cluster, queues: ValkeyQueueProvider
+) -> None:
+    with pytest.raises(ValueError, match=r"^2 commands but 1 keys$"):
+        queues._connection.execute_many_encoded([b"*1\r\n$4\r\nPING\r\n"] * 2, [None])
 
 
 async def test_script_load_reaches_every_primary(

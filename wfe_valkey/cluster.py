@@ -197,6 +197,17 @@ class ClusterConnection(Connection):
         """Send one encoded command to the primary of `key`'s slot, or to any primary."""
         return self._execute(payload, Target.ANY_NODE if key is None else cached_key_slot(key))
 
+    def execute_many_encoded(
+        self, payloads: list[bytes], keys: Sequence[bytes | None]
+    ) -> Awaitable[list[Any]]:
+        """`execute_many` for encoded commands, each routed by its key in `keys`."""
+        if len(keys) != len(payloads):
+            raise ValueError(f"{len(payloads)} commands but {len(keys)} keys")
+        targets: list[int | Target] = [
+            Target.ANY_NODE if key is None else cached_key_slot(key) for key in keys
+        ]
+        return self._execute_many(list(payloads), targets)
+
     async def _execute(self, payload: bytes, target: int | Target) -> Any:
         """Send on the current map; anything but a plain reply takes the slow path."""
         if isinstance(target, Target):
@@ -265,7 +276,7 @@ class ClusterConnection(Connection):
 
     async def _execute_asking(self, connection: Connection, payload: bytes) -> Any:
         """Send ASKING and the command in one write; return or raise its reply."""
-        replies = await connection.execute_many_encoded([ASKING, payload])
+        replies = await connection.execute_many_encoded([ASKING, payload], [None, None])
         reply = replies[1]
         if isinstance(reply, ReplyError):
             raise reply
@@ -318,7 +329,9 @@ class ClusterConnection(Connection):
 
         results = await asyncio.gather(
             *(
-                connection.execute_many_encoded([payloads[index] for index in indexes])
+                connection.execute_many_encoded(
+                    [payloads[index] for index in indexes], [None] * len(indexes)
+                )
                 for connection, indexes in groups.items()
             ),
             return_exceptions=True,

@@ -626,10 +626,19 @@ class Connection:
         Error replies are returned in the list as `ReplyError` instances,
         in the position of their command, not raised.
         """
-        return self.execute_many_encoded([encode_command(args) for args in commands])
+        payloads = [encode_command(args) for args in commands]
+        return self.execute_many_encoded(payloads, [None] * len(payloads))
 
-    def execute_many_encoded(self, payloads: list[bytes]) -> Awaitable[list[Any]]:
-        """`execute_many` for commands already encoded as RESP."""
+    def execute_many_encoded(
+        self, payloads: list[bytes], keys: Sequence[bytes | None]
+    ) -> Awaitable[list[Any]]:
+        """`execute_many` for commands already encoded as RESP.
+
+        `keys` gives each command's routing key, as for `execute_encoded`;
+        a single server ignores them.
+        """
+        if len(keys) != len(payloads):
+            raise ValueError(f"{len(payloads)} commands but {len(keys)} keys")
         wire = self._wire
         if wire is not None and wire.writable and self.state is READY:
             return wire.send_batch(payloads)
