@@ -61,6 +61,20 @@ async def test_all_channel_receives_exact_json(
     assert parsed.event_type == events.StepStarted(step_id=1, step_name="Charge")
 
 
+async def test_non_ascii_workflow_id_keeps_its_bytes(
+    publisher: ValkeyLifecyclePublisher, rust_subscriber: PubSub
+) -> None:
+    rust_subscriber.subscribe(f"{publisher.prefix}:lifecycle:wf-é✓")
+    event = LifecycleEvent.new("wf-é✓", "déf", 1, events.StepStarted(2, "Zahlung prüfen"))
+
+    await publisher.publish(event)
+
+    message = next_message(rust_subscriber)
+    assert message["channel"] == f"{publisher.prefix}:lifecycle:wf-é✓".encode()
+    assert message["data"] == event.to_json().encode()
+    assert LifecycleEvent.from_json(message["data"]) == event
+
+
 async def test_each_event_is_published_once_per_channel(
     publisher: ValkeyLifecyclePublisher, rust_subscriber: PubSub
 ) -> None:

@@ -12,6 +12,7 @@ from ._provider import ValkeyProvider, check_prefix, open_connection
 from .connection import Connection
 from .errors import ReplyError
 from .events import LifecycleEvent
+from .resp import BETWEEN_PARTS, command_head
 
 
 class ValkeyLifecyclePublisher(ValkeyProvider):
@@ -23,6 +24,10 @@ class ValkeyLifecyclePublisher(ValkeyProvider):
         super().__init__(connection, prefix)
         self._channel_prefix = f"{prefix}:lifecycle:"
         self.all_channel = f"{prefix}:lifecycle:all"
+        # The two PUBLISH commands, encoded but for their channel or
+        # payload (see `resp.BETWEEN_PARTS`).
+        self._publish_head = command_head(3, "PUBLISH")
+        self._publish_all_head = command_head(3, "PUBLISH", self.all_channel)
 
     @classmethod
     async def new(cls, url: str, prefix: str, **options: Any) -> Self:
@@ -42,13 +47,14 @@ class ValkeyLifecyclePublisher(ValkeyProvider):
         """Publish `event` on its workflow's channel and on the all-workflows channel."""
         if not isinstance(event, LifecycleEvent):
             raise TypeError(f"event must be a LifecycleEvent, got {type(event).__name__}")
-        payload = event.to_json()
-        replies = await self._connection.execute_many(
-            [
-                ("PUBLISH", self.channel(event.workflow_instance_id), payload),
-                ("PUBLISH", self.all_channel, payload),
-            ]
-        )
+        json = event.to_json().encode()
+        message = BETWEEN_PARTS % (b"", len(json), json, b"")
+        channel = self.channel(event.workflow_instance_id).encode()
+        to_workflow = BETWEEN_PARTS % (self._publish_head, len(channel), channel, message)
+        to_all = self._publish_all_head + message
+        # PUBLISH has no key: a cluster sends it to any node, and the cluster
+        # bus delivers it to the subscribers of every node.
+        replies = await self._connection.execute_many_encoded([to_workflow, to_all], [None, None])
         for reply in replies:
             if isinstance(reply, ReplyError):
                 raise reply
