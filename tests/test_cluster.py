@@ -59,6 +59,7 @@ from wfe_valkey import (
     ValkeyQueueProvider,
     WrongTypeError,
     events,
+    parse_url,
 )
 from wfe_valkey.cluster import ClusterConnection
 from wfe_valkey.connection import Connection
@@ -502,6 +503,65 @@ async def test_ask_reaches_the_importing_node(cluster: Cluster) -> None:
         assert await queues.dequeue_work_many(QueueType.INDEX, 5) == ["second", "third"]
         with target.client() as client:
             assert client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+
+
+def prefix_with_lock_on(cluster: Cluster, node: ServerProcess, resource: str) -> str:
+    """Return a fresh prefix whose lock key for `resource` hashes to a slot `node` owns."""
+    for _ in range(10_000):
+        prefix = f"test-{uuid.uuid4().hex[:12]}"
+        if owner_now(cluster, key_slot(f"{prefix}:lock:{resource}")) is node:
+            return prefix
+    raise AssertionError("no prefix found in 10000 tries")
+
+
+async def test_release_during_ask_after_script_flush(cluster: Cluster) -> None:
+    source, target = cluster.primaries[0], cluster.primaries[1]
+    prefix = prefix_with_lock_on(cluster, source, "wf-1")
+    key = f"{prefix}:lock:wf-1"
+    slot = key_slot(key)
+
+    async with await ValkeyLockProvider.new(cluster.url, prefix) as locks:
+        assert await locks.acquire_lock("wf-1") is True
+        begin_migration(cluster, slot, source, target)
+        try:
+            assert move_keys(source, target, slot) == 1
+            with target.client() as client:
+                client.execute_command("SCRIPT", "FLUSH")
+
+            await locks.release_lock("wf-1")
+
+            with target.client() as client:
+                client.execute_command("ASKING")
+                assert client.execute_command("EXISTS", key) == 0
+        finally:
+            finish_migration(cluster, slot, target)
+
+
+async def test_release_during_ask_on_caller_connection(cluster: Cluster) -> None:
+    source, target = cluster.primaries[1], cluster.primaries[2]
+    prefix = prefix_with_lock_on(cluster, source, "wf-1")
+    key = f"{prefix}:lock:wf-1"
+    slot = key_slot(key)
+    # Empty every script cache, as on a cluster that never ran the release script.
+    for node in cluster.primaries:
+        with node.client() as client:
+            client.execute_command("SCRIPT", "FLUSH")
+    connection = await ClusterConnection.open(parse_url(cluster.url))
+    locks = ValkeyLockProvider(connection, prefix)
+
+    assert await locks.acquire_lock("wf-1") is True
+    begin_migration(cluster, slot, source, target)
+    try:
+        assert move_keys(source, target, slot) == 1
+
+        await locks.release_lock("wf-1")
+
+        with target.client() as client:
+            client.execute_command("ASKING")
+            assert client.execute_command("EXISTS", key) == 0
+    finally:
+        finish_migration(cluster, slot, target)
+        await connection.close()
 
 
 async def test_tryagain_is_retried_until_migration_ends(cluster: Cluster, prefix: str) -> None:

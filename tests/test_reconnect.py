@@ -229,6 +229,9 @@ async def test_commands_issued_while_down_fail_at_their_timeout(
 
     assert 0.25 <= elapsed < 1.0
     await asyncio.to_thread(private_server.start)
+    # The next reconnect attempt may be up to the 1 s backoff cap away,
+    # longer than this provider's 0.3 s timeout.
+    await wait_for(lambda: locks._connection.state.value == "ready")
     assert await locks.acquire_lock("wf-1") is True
     await locks.close()
 

@@ -8,7 +8,9 @@ another private server, a long-running script, and keys of the wrong type.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,18 +20,22 @@ import valkey
 
 from wfe_valkey import (
     BusyError,
+    ConnectionLostError,
     LoadingError,
     NoScriptError,
     QueueType,
     ReadOnlyError,
+    ReliableQueueProvider,
     ReplyError,
     ValkeyLockProvider,
     ValkeyQueueProvider,
     WrongTypeError,
     parse_url,
 )
-from wfe_valkey.connection import Connection
+from wfe_valkey.connection import EARLY_FLUSH_BYTES, Connection
 from wfe_valkey.embedded import EmbeddedValkey
+from wfe_valkey.lock import RELEASE_SCRIPT, RELEASE_SHA
+from wfe_valkey.resp import BETWEEN_PARTS, evalsha_as_eval
 
 GET_SCRIPT = "return redis.call('get', KEYS[1])"
 GET_SCRIPT_SHA = "4e6d8fc8bb01276962cce5371fa795a7763657ae"
@@ -129,6 +135,70 @@ async def test_unknown_evalsha_raises_no_script(
     with pytest.raises(NoScriptError, match=r"^NOSCRIPT"):
         await connection.execute("EVALSHA", GET_SCRIPT_SHA, 1, f"{prefix}:k")
     await connection.close()
+
+
+async def test_resent_evals_lost_after_write(private_server: EmbeddedValkey, prefix: str) -> None:
+    """EVALs sent again after NOSCRIPT and written by an early flush fail as written.
+
+    The number of releases makes the last EVAL sent again fill
+    EARLY_FLUSH_BYTES, so the wire writes every such EVAL while it still
+    reads the NOSCRIPT replies, and no later write follows.
+    """
+    locks = await ValkeyLockProvider.new(private_server.url, prefix)
+    sample_key = f"{prefix}:lock:r00000".encode()
+    sample = BETWEEN_PARTS % (locks._release_head, len(sample_key), sample_key, locks._release_tail)
+    as_eval = evalsha_as_eval(sample, {RELEASE_SHA: RELEASE_SCRIPT})
+    assert as_eval is not None
+    count = math.ceil(EARLY_FLUSH_BYTES / len(as_eval))
+    resources = [f"r{number:05d}" for number in range(count)]
+    for resource in resources:
+        assert await locks.acquire_lock(resource) is True
+
+    checker = valkey.Valkey(port=private_server.port)
+    checker.script_flush()
+    releases = asyncio.gather(
+        *(locks.release_lock(resource) for resource in resources), return_exceptions=True
+    )
+    await asyncio.sleep(0)
+    wire = locks._connection._wire
+    assert wire is not None
+    assert wire.pending_count == count
+    wire.flush_now()
+    # Block the loop so that every NOSCRIPT reply waits in the socket for one read.
+    time.sleep(0.3)
+    checker.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        await asyncio.sleep(0.2)
+        [entry] = [entry for entry in checker.client_list() if entry["name"] == locks.client_name]
+        assert entry["cmd"] == "eval"
+        checker.execute_command("CLIENT", "KILL", "ID", entry["id"])
+        results = await releases
+    finally:
+        checker.execute_command("CLIENT", "UNPAUSE")
+        checker.close()
+        await locks.close()
+
+    assert collections.Counter(type(result).__name__ for result in results) == {
+        "ConnectionLostError": count
+    }
+    assert all(isinstance(result, ConnectionLostError) for result in results)
+
+
+async def test_reliable_dequeue_during_loading_waits(
+    slow_loading_server: EmbeddedValkey, prefix: str
+) -> None:
+    queues = await ReliableQueueProvider.new(slow_loading_server.url, prefix, timeout=10)
+    await queues.queue_work("id-1", QueueType.WORKFLOW)
+    reload = Reload(slow_loading_server)
+
+    await asyncio.to_thread(reload.start_and_wait_for_loading)
+    try:
+        taken = await queues.dequeue_work(QueueType.WORKFLOW)
+    finally:
+        await asyncio.to_thread(reload.join)
+        await queues.close()
+
+    assert taken == "id-1"
 
 
 async def test_command_during_loading_waits_until_loaded(

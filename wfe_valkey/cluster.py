@@ -43,12 +43,13 @@ from .connection import Connection, State
 from .errors import (
     ConnectionLostError,
     InvalidURLError,
+    NoScriptError,
     ReplyError,
     ValkeyConnectionError,
     ValkeyError,
     ValkeyTimeoutError,
 )
-from .resp import CommandArg, encode_command
+from .resp import CommandArg, encode_command, evalsha_as_eval
 from .slots import SLOT_COUNT, Target, cached_key_slot, route
 
 logger = logging.getLogger(__name__)
@@ -275,9 +276,18 @@ class ClusterConnection(Connection):
                 error = exc
 
     async def _execute_asking(self, connection: Connection, payload: bytes) -> Any:
-        """Send ASKING and the command in one write; return or raise its reply."""
+        """Send ASKING and the command in one write; return or raise its reply.
+
+        An EVALSHA of a registered script that meets NOSCRIPT on the
+        importing node is sent again as EVAL, as a plain connection does.
+        """
         replies = await connection.execute_many_encoded([ASKING, payload], [None, None])
         reply = replies[1]
+        if isinstance(reply, NoScriptError):
+            as_eval = evalsha_as_eval(payload, self._scripts)
+            if as_eval is not None:
+                replies = await connection.execute_many_encoded([ASKING, as_eval], [None, None])
+                reply = replies[1]
         if isinstance(reply, ReplyError):
             raise reply
         return reply

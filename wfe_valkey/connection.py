@@ -127,10 +127,17 @@ class _Batch:
     def done(self) -> bool:
         return self.future.done()
 
-    def add(self, reply: Any) -> None:
-        """Store one reply; resolve the future when the last one arrives."""
+    def add(self, reply: Any) -> bool:
+        """Store one reply; return `True` when it is the last one expected."""
         self.replies.append(reply)
-        if len(self.replies) == self.expected and not self.future.done():
+        return len(self.replies) == self.expected
+
+    def all_loading(self) -> bool:
+        """Whether the server rejected every command with LOADING, so none ran."""
+        return all(reply.__class__ is LoadingError for reply in self.replies)
+
+    def resolve(self) -> None:
+        if not self.future.done():
             self.future.set_result(self.replies)
 
     def set_exception(self, exc: BaseException) -> None:
@@ -252,6 +259,10 @@ class _Wire(asyncio.Protocol):
                     self.abort("server sent a reply to no command")
                     return
                 if waiter.__class__ is not Future or reply.__class__ in UNTYPED_CLASSES:
+                    # The slow path may send commands again and flush them,
+                    # which needs the counts of taken entries to be exact.
+                    self._count_taken(count)
+                    count = 0
                     self._deliver(waiter, deadline, payload, typed_reply(reply))
                 else:
                     # Cheaper than a done() test: a try block costs nothing until it raises.
@@ -263,9 +274,13 @@ class _Wire(asyncio.Protocol):
         except hiredis.ProtocolError as exc:
             self.abort(f"invalid RESP from server: {exc}")
         finally:
-            if self._timed_out:
-                self._timed_out = max(0, self._timed_out - count)
-            self._written -= count
+            self._count_taken(count)
+
+    def _count_taken(self, count: int) -> None:
+        """Account for `count` entries just taken off the front of the pending queue."""
+        if self._timed_out:
+            self._timed_out = max(0, self._timed_out - count)
+        self._written -= count
 
     def eof_received(self) -> bool:
         """Stop taking commands at once; the transport closes after this."""
@@ -386,15 +401,26 @@ class _Wire(asyncio.Protocol):
     def _deliver(
         self, waiter: asyncio.Future[Any] | _Batch, deadline: float, payload: bytes, reply: Any
     ) -> None:
-        """Hand over a reply to a batch, an error reply, or an array."""
-        if waiter.__class__ is _Batch:
-            waiter.add(reply)
+        """Hand over a reply to a batch, an error reply, or an array.
+
+        A batch whose every command met LOADING is sent again after
+        LOADING_RETRY_DELAY, as a single command is; a batch with only some
+        commands rejected goes to its caller, because the others ran.
+        """
+        if isinstance(waiter, _Batch):
+            if not waiter.add(reply):
+                return
+            if waiter.all_loading() and self._may_retry_loading(deadline):
+                waiter.replies = []
+                self._loop.call_later(LOADING_RETRY_DELAY, self._resend, waiter, deadline, payload)
+            else:
+                waiter.resolve()
         elif waiter.done():
             return
         elif reply.__class__ in ERROR_REPLY_CLASSES:
-            self._deliver_error(waiter, deadline, payload, reply)  # type: ignore[arg-type]
+            self._deliver_error(waiter, deadline, payload, reply)
         else:
-            waiter.set_result(reply)  # type: ignore[union-attr]
+            waiter.set_result(reply)
 
     def _deliver_error(
         self, future: asyncio.Future[Any], deadline: float, payload: bytes, error: ReplyError
@@ -405,9 +431,7 @@ class _Wire(asyncio.Protocol):
         known script that meets NOSCRIPT (the script cache was flushed) is
         sent again at once as EVAL, which also puts the script back in the cache.
         """
-        if isinstance(error, LoadingError) and (
-            self._timeout is None or self._loop.time() + LOADING_RETRY_DELAY < deadline
-        ):
+        if isinstance(error, LoadingError) and self._may_retry_loading(deadline):
             self._loop.call_later(LOADING_RETRY_DELAY, self._resend, future, deadline, payload)
             return
         if isinstance(error, NoScriptError):
@@ -419,23 +443,30 @@ class _Wire(asyncio.Protocol):
         if isinstance(error, ReadOnlyError):
             self.abort("the server is a read-only replica now")
 
-    def _resend(self, future: asyncio.Future[Any], deadline: float, payload: bytes) -> None:
-        """Send a command again for the same caller, after a LOADING reply.
+    def _may_retry_loading(self, deadline: float) -> bool:
+        """Whether a command rejected with LOADING can be sent again before its deadline."""
+        return self._timeout is None or self._loop.time() + LOADING_RETRY_DELAY < deadline
+
+    def _resend(
+        self, waiter: asyncio.Future[Any] | _Batch, deadline: float, payload: bytes
+    ) -> None:
+        """Send a command or batch again for the same caller, after a LOADING reply.
 
         NOTE: the resent entry keeps its first deadline but queues behind
         commands with later ones, so if the server then hangs, its timeout
         fires when theirs do, up to one timeout late.
         """
-        if future.done():
+        if waiter.done():
             return
         if self.lost:
-            future.set_exception(
+            waiter.set_exception(
                 ValkeyConnectionError(
                     f"connection to {self._settings.address} lost while the server was loading"
                 )
             )
             return
-        self._enqueue(future, payload, 1, deadline)
+        replies = waiter.expected if isinstance(waiter, _Batch) else 1
+        self._enqueue(waiter, payload, replies, deadline)
 
     # timeouts
 
