@@ -9,7 +9,14 @@ import pytest
 import valkey
 from valkey.client import PubSub
 
-from wfe_valkey import LifecycleEvent, LifecyclePublisher, ValkeyLifecyclePublisher, events
+from wfe_valkey import (
+    AuthenticationError,
+    LifecycleEvent,
+    LifecyclePublisher,
+    ValkeyLifecyclePublisher,
+    events,
+)
+from wfe_valkey.embedded import EmbeddedValkey
 
 
 @pytest.fixture
@@ -108,3 +115,26 @@ async def test_publish_rejects_a_non_event(publisher: ValkeyLifecyclePublisher) 
 
 async def test_publisher_satisfies_the_protocol(publisher: ValkeyLifecyclePublisher) -> None:
     assert isinstance(publisher, LifecyclePublisher)
+
+
+async def test_publish_raises_the_server_error(private_server: EmbeddedValkey, prefix: str) -> None:
+    with valkey.Valkey(port=private_server.port) as admin:
+        admin.acl_setuser(
+            "quiet",
+            enabled=True,
+            passwords=["+quiet-pw"],
+            keys=["*"],
+            commands=["+@all", "-publish"],
+        )
+    url = f"redis://quiet:quiet-pw@127.0.0.1:{private_server.port}"
+    publisher = await ValkeyLifecyclePublisher.new(url, prefix)
+    event = LifecycleEvent.new("wf-1", "def-1", 1, events.Started())
+
+    with pytest.raises(AuthenticationError) as raised:
+        await publisher.publish(event)
+
+    assert raised.value.code == "NOPERM"
+    assert "publish" in str(raised.value)
+    assert isinstance(raised.value.__context__, AuthenticationError)
+    assert await publisher._connection.execute("PING") == b"PONG"
+    await publisher.close()

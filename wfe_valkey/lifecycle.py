@@ -10,7 +10,6 @@ from typing import Any, Self
 
 from ._provider import ValkeyProvider, check_prefix, open_connection
 from .connection import Connection
-from .errors import ReplyError
 from .events import LifecycleEvent
 from .resp import BETWEEN_PARTS, command_head
 
@@ -53,8 +52,12 @@ class ValkeyLifecyclePublisher(ValkeyProvider):
         to_workflow = BETWEEN_PARTS % (self._publish_head, len(channel), channel, message)
         to_all = self._publish_all_head + message
         # PUBLISH has no key: a cluster sends it to any node, and the cluster
-        # bus delivers it to the subscribers of every node.
-        replies = await self._connection.execute_many_encoded([to_workflow, to_all], [None, None])
-        for reply in replies:
-            if isinstance(reply, ReplyError):
-                raise reply
+        # bus delivers it to the subscribers of every node. Both commands
+        # leave in this turn's write, and both are awaited even when the
+        # first fails, so neither error goes unretrieved.
+        first = self._connection.execute_encoded(to_workflow, None)
+        second = self._connection.execute_encoded(to_all, None)
+        try:
+            await first
+        finally:
+            await second
