@@ -357,7 +357,9 @@ async def test_encoded_batch_is_routed_by_keys(cluster: Cluster, prefix: str) ->
 async def test_encoded_batch_needs_one_key_per_command(
     cluster: Cluster, queues: ValkeyQueueProvider
 ) -> None:
-    with pytest.raises(ValueError, match=r"^2 commands but 1 keys$"):
+    with pytest.raises(
+        ValueError, match=r"^keys must hold one key \(or None\) per command: 2 commands, 1 keys$"
+    ):
         queues._connection.execute_many_encoded([b"*1\r\n$4\r\nPING\r\n"] * 2, [None])
 
 

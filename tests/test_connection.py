@@ -203,6 +203,8 @@ def test_import_loads_no_other_client_library() -> None:
 async def test_encoded_batch_needs_one_key_per_command(server_url: str) -> None:
     connection = await Connection.open(parse_url(server_url))
 
-    with pytest.raises(ValueError, match=r"^1 commands but 2 keys$"):
+    with pytest.raises(
+        ValueError, match=r"^keys must hold one key \(or None\) per command: 1 commands, 2 keys$"
+    ):
         connection.execute_many_encoded([b"*1\r\n$4\r\nPING\r\n"], [None, None])
     await connection.close()

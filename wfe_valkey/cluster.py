@@ -203,7 +203,10 @@ class ClusterConnection(Connection):
     ) -> Awaitable[list[Any]]:
         """`execute_many` for encoded commands, each routed by its key in `keys`."""
         if len(keys) != len(payloads):
-            raise ValueError(f"{len(payloads)} commands but {len(keys)} keys")
+            raise ValueError(
+                f"keys must hold one key (or None) per command: {len(payloads)} commands, "
+                f"{len(keys)} keys"
+            )
         targets: list[int | Target] = [
             Target.ANY_NODE if key is None else cached_key_slot(key) for key in keys
         ]

@@ -133,7 +133,7 @@ class _Batch:
         return len(self.replies) == self.expected
 
     def all_loading(self) -> bool:
-        """Whether the server rejected every command with LOADING, so none ran."""
+        """Return whether the server rejected every command with LOADING, so that none ran."""
         return all(reply.__class__ is LoadingError for reply in self.replies)
 
     def resolve(self) -> None:
@@ -404,7 +404,7 @@ class _Wire(asyncio.Protocol):
         """Hand over a reply to a batch, an error reply, or an array.
 
         A batch whose every command met LOADING is sent again after
-        LOADING_RETRY_DELAY, as a single command is; a batch with only some
+        LOADING_RETRY_DELAY, as a single command is. A batch with only some
         commands rejected goes to its caller, because the others ran.
         """
         if isinstance(waiter, _Batch):
@@ -444,7 +444,7 @@ class _Wire(asyncio.Protocol):
             self.abort("the server is a read-only replica now")
 
     def _may_retry_loading(self, deadline: float) -> bool:
-        """Whether a command rejected with LOADING can be sent again before its deadline."""
+        """Return whether a command rejected with LOADING can be sent again before its deadline."""
         return self._timeout is None or self._loop.time() + LOADING_RETRY_DELAY < deadline
 
     def _resend(
@@ -669,7 +669,10 @@ class Connection:
         a single server ignores them.
         """
         if len(keys) != len(payloads):
-            raise ValueError(f"{len(payloads)} commands but {len(keys)} keys")
+            raise ValueError(
+                f"keys must hold one key (or None) per command: {len(payloads)} commands, "
+                f"{len(keys)} keys"
+            )
         wire = self._wire
         if wire is not None and wire.writable and self.state is READY:
             return wire.send_batch(payloads)

@@ -388,7 +388,7 @@ class ValkeyQueueProvider(ValkeyProvider):
 
 
 def _all_plain_ids(ids: list[str] | tuple[str, ...]) -> bool:
-    """Whether every id is a non-empty ASCII `str`, tested in C rather than per id.
+    """Return whether every id is a non-empty ASCII `str`, tested in C rather than per id.
 
     `False` means only that some id needs `reject_id`, which also accepts
     non-empty ids that are not ASCII but encode as UTF-8.
