@@ -6,6 +6,8 @@ Each event is published twice, in one round trip: on its workflow's channel
 
 from __future__ import annotations
 
+import asyncio
+from asyncio import Future
 from typing import Any, Self
 
 from ._provider import ValkeyProvider, check_prefix, open_connection
@@ -52,12 +54,28 @@ class ValkeyLifecyclePublisher(ValkeyProvider):
         to_workflow = BETWEEN_PARTS % (self._publish_head, len(channel), channel, message)
         to_all = self._publish_all_head + message
         # PUBLISH has no key: a cluster sends it to any node, and the cluster
-        # bus delivers it to the subscribers of every node. Both commands
-        # leave in this turn's write, and both are awaited even when the
-        # first fails, so neither error goes unretrieved.
+        # bus delivers it to the subscribers of every node.
         first = self._connection.execute_encoded(to_workflow, None)
         second = self._connection.execute_encoded(to_all, None)
+        if first.__class__ is not Future or second.__class__ is not Future:
+            # Coroutines (a cluster, or a connection not ready yet) only run
+            # when awaited, so they run as tasks to share one write.
+            await asyncio.gather(first, second)
+            return
+        # Both commands are already in this turn's write.
         try:
             await first
-        finally:
-            await second
+        except BaseException:
+            second.add_done_callback(_retrieve_error)
+            raise
+        await second
+
+
+def _retrieve_error(future: Future[Any]) -> None:
+    """Mark the error of a reply that no caller waits for as seen.
+
+    asyncio logs "exception was never retrieved" for a future whose error
+    nobody read; the error of the first command is the one raised.
+    """
+    if not future.cancelled():
+        future.exception()
