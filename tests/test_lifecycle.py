@@ -140,8 +140,8 @@ async def test_publish_raises_the_server_error(
     assert "publish" in str(raised.value)
     assert await publisher._connection.execute("PING") == b"PONG"
     await publisher.close()
-    # The second PUBLISH failed too; once the traceback that holds its
-    # future is gone, asyncio would log its error if nobody had read it.
+    # The second PUBLISH failed too. Once the traceback that holds its
+    # future is gone, asyncio logs its error unless the error was retrieved.
     del raised
     gc.collect()
     assert "never retrieved" not in caplog.text

@@ -72,10 +72,10 @@ class ValkeyLifecyclePublisher(ValkeyProvider):
 
 
 def _retrieve_error(future: Future[Any]) -> None:
-    """Mark the error of a reply that no caller waits for as seen.
+    """Mark the error of a reply that no caller awaits as retrieved.
 
-    asyncio logs "exception was never retrieved" for a future whose error
-    nobody read; the error of the first command is the one raised.
+    Otherwise asyncio logs "exception was never retrieved" when the future
+    is collected. The caller gets the first command's error instead.
     """
     if not future.cancelled():
         future.exception()
