@@ -8,6 +8,11 @@ reaches the server well before its reply reaches the client. It can cut
 every open connection (`cut`), stop reading from clients
 (`stop_reading`) so that their writes pile up in socket buffers, and start
 again (`resume_reading`). It runs in the test's own event loop.
+
+`HoldingProxy` forwards connections unchanged, except that it holds back
+a client's bytes from the first occurrence of a marker on until the test
+releases them: the commands before the marker reach the server, the rest
+waits.
 """
 
 from __future__ import annotations
@@ -173,3 +178,69 @@ class _Link:
                 await asyncio.sleep(wait)
             writer.write(chunk)
             await writer.drain()
+
+
+class HoldingProxy:
+    """Forward loopback TCP connections, holding the client's bytes from `marker` on.
+
+    Bytes from the server pass at once. The first time a client sends
+    `marker`, the bytes before it pass, `holding` is set, and the rest
+    waits for `release()`.
+    """
+
+    def __init__(self, target_port: int, marker: bytes) -> None:
+        self.target_port = target_port
+        self.marker = marker
+        self.port = 0
+        self.holding = asyncio.Event()
+        self._released = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def release(self) -> None:
+        """Let the held bytes, and everything after them, through."""
+        self._released.set()
+
+    async def close(self) -> None:
+        self._released.set()
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        target_reader, target_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, target_writer]
+        for task in (
+            asyncio.ensure_future(self._pump(reader, target_writer, hold=True)),
+            asyncio.ensure_future(self._pump(target_reader, writer, hold=False)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: bool
+    ) -> None:
+        while chunk := await reader.read(65536):
+            at = chunk.find(self.marker) if hold and not self.holding.is_set() else -1
+            if at >= 0:
+                writer.write(chunk[:at])
+                await writer.drain()
+                self.holding.set()
+                await self._released.wait()
+                chunk = chunk[at:]
+            writer.write(chunk)
+            await writer.drain()
+        writer.close()

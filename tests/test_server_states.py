@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import pytest
 import valkey
+from proxy import HoldingProxy
 
 from wfe_valkey import (
     BusyError,
@@ -199,6 +200,38 @@ async def test_reliable_dequeue_during_loading_waits(
         await queues.close()
 
     assert taken == "id-1"
+
+
+async def test_reliable_dequeue_straddling_loading_end(
+    slow_loading_server: EmbeddedValkey, prefix: str
+) -> None:
+    # dequeue_work sends SADD and LMOVE in one batch. The proxy lets the SADD
+    # through during loading and holds the LMOVE until loading has ended, so
+    # the SADD meets LOADING and the LMOVE runs.
+    proxy = HoldingProxy(slow_loading_server.port, b"*5\r\n$5\r\nLMOVE")
+    await proxy.start()
+    try:
+        queues = await ReliableQueueProvider.new(proxy.url, prefix, timeout=10)
+        await queues.queue_work("work-1", QueueType.WORKFLOW)
+        reload = Reload(slow_loading_server)
+        await asyncio.to_thread(reload.start_and_wait_for_loading)
+
+        dequeue = asyncio.ensure_future(queues.dequeue_work(QueueType.WORKFLOW))
+        await asyncio.wait_for(proxy.holding.wait(), 5)
+        await asyncio.to_thread(reload.join)
+        proxy.release()
+        taken = await dequeue
+
+        in_flight = await queues.in_flight(QueueType.WORKFLOW)
+        with valkey.Valkey(port=slow_loading_server.port) as checker:
+            hosts = set(checker.smembers(queues.hosts_key))
+        await queues.close()
+    finally:
+        await proxy.close()
+
+    assert taken == "work-1"
+    assert in_flight == ["work-1"]
+    assert hosts == {queues.host_id.encode()}
 
 
 async def test_command_during_loading_waits_until_loaded(

@@ -12,10 +12,11 @@ import contextlib
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import valkey
+from proxy import DelayingProxy
 
 from wfe_valkey import QueueType, ValkeyLockProvider, ValkeyQueueProvider, ValkeyTimeoutError
 from wfe_valkey.embedded import EmbeddedValkey
@@ -84,6 +85,38 @@ async def test_frozen_server_times_out_then_recovers(
             await locks.acquire_lock("wf-2")
 
     assert await locks.acquire_lock("wf-3") is True
+    await locks.close()
+
+
+async def test_handshake_gets_the_connect_timeout(
+    private_server: EmbeddedValkey,
+    start_proxy: Callable[..., Awaitable[DelayingProxy]],
+    prefix: str,
+) -> None:
+    proxy = await start_proxy(private_server.port, reply_delay=0.5)
+    # cluster=no skips the CLUSTER SLOTS probe, an ordinary command with
+    # the 0.2 s command timeout.
+    url = f"{proxy.url}?cluster=no"
+
+    locks = await ValkeyLockProvider.new(url, prefix, timeout=0.2, connect_timeout=5)
+
+    assert locks._connection.state.value == "ready"
+    await locks.close()
+
+
+async def test_command_after_handshake_gets_the_command_timeout(
+    private_server: EmbeddedValkey, freeze: Freeze, prefix: str
+) -> None:
+    locks = await ValkeyLockProvider.new(private_server.url, prefix, timeout=0.3, connect_timeout=5)
+    loop = asyncio.get_running_loop()
+
+    with freeze(private_server):
+        started = loop.time()
+        with pytest.raises(ValkeyTimeoutError):
+            await locks.acquire_lock("wf-1")
+        elapsed = loop.time() - started
+
+    assert 0.25 <= elapsed < 1.0
     await locks.close()
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import random
 import socket
 import ssl
@@ -334,11 +335,17 @@ class _Wire(asyncio.Protocol):
             self.flush_now()
         return future
 
-    def send_batch(self, payloads: Sequence[bytes]) -> asyncio.Future[list[Any]]:
-        """Queue several commands; return the future of all their replies."""
+    def send_batch(
+        self, payloads: Sequence[bytes], deadline: float | None = None
+    ) -> asyncio.Future[list[Any]]:
+        """Queue several commands; return the future of all their replies.
+
+        `deadline` (event-loop time) replaces the command timeout, for the
+        handshake, which has the connect timeout instead.
+        """
         future: asyncio.Future[list[Any]] = Future(loop=self._loop)
         batch = _Batch(future, len(payloads))
-        self._enqueue(batch, b"".join(payloads), len(payloads), None)
+        self._enqueue(batch, b"".join(payloads), len(payloads), deadline)
         return future
 
     def _start_turn(self) -> None:
@@ -499,6 +506,17 @@ class _Wire(asyncio.Protocol):
             self.abort(f"no reply for {self._timeout} s")
             return
         self._arm_timer()
+
+    def cancel_timer(self) -> None:
+        """Drop the timeout timer; the next write arms one for its own commands.
+
+        The handshake calls this when it ends. Its timer was armed for the
+        connect timeout, which may be later than the deadlines of the
+        commands that follow.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _arm_timer(self) -> None:
         """Run `_expire` at the deadline of the first command not yet timed out, if any."""
@@ -795,15 +813,20 @@ class Connection:
         commands = handshake_commands(settings, self._client_name)
         commands.extend(("SCRIPT", "LOAD", source) for source in self._scripts.values())
 
+        # The wire's own deadline for these commands is the connect timeout
+        # too, rather than the shorter command timeout.
+        connect_timeout = settings.connect_timeout
+        deadline = math.inf if connect_timeout is None else self._loop.time() + connect_timeout
         try:
-            async with asyncio.timeout(settings.connect_timeout):
-                replies = await wire.send_batch([encode_command(c) for c in commands])
+            async with asyncio.timeout(connect_timeout):
+                replies = await wire.send_batch([encode_command(c) for c in commands], deadline)
         except TimeoutError:
             raise ValkeyTimeoutError(
                 f"handshake with {settings.address} timed out after {settings.connect_timeout} s"
             ) from None
         except ValkeyConnectionError:
             raise ValkeyConnectionError(self._lost_in_handshake(wire.lost_reason)) from None
+        wire.cancel_timer()
         for command, reply in zip(commands, replies, strict=True):
             if isinstance(reply, ReplyError):
                 raise self._handshake_error(command, reply)

@@ -41,7 +41,7 @@ from typing import Any, Final, Self
 from ._provider import check_prefix, open_connection, reject_id
 from .connection import Connection
 from .contracts import QueueType
-from .errors import ReplyError, ValkeyError
+from .errors import LoadingError, ReplyError, ValkeyError
 from .queue import DEFAULT_DEQUEUE_CONNECTIONS, NO_CONNECTION, ValkeyQueueProvider
 from .resp import CommandArg
 
@@ -235,10 +235,16 @@ class ReliableQueueProvider(ValkeyQueueProvider):
         in_flight = self._in_flight_keys[queue_type]
         if self._waiting is not None:
             return await self._dequeue_waiting_reliably(queue, in_flight)
-        replies = await self._connection.execute_many(
-            [("SADD", self.hosts_key, self.host_id), ("LMOVE", queue, in_flight, "RIGHT", "LEFT")]
+        move = ("LMOVE", queue, in_flight, "RIGHT", "LEFT")
+        registered, moved = await self._connection.execute_many(
+            [("SADD", self.hosts_key, self.host_id), move]
         )
-        return _decode_id(_raise_errors(replies)[1])
+        # When loading ends between the two commands, one met LOADING and did
+        # not run; it is sent again alone, and the connection waits out the load.
+        if isinstance(moved, LoadingError):
+            moved = await self._connection.execute(*move)
+        registered = await self._resend_if_loading(registered)
+        return _decode_id(_raise_errors([registered, moved])[1])
 
     async def dequeue_work_many(self, queue_type: QueueType, count: int) -> list[str]:
         """Move up to `count` of the oldest ids into the in-flight list; oldest first."""
@@ -250,8 +256,13 @@ class ReliableQueueProvider(ValkeyQueueProvider):
         in_flight = self._in_flight_keys[queue_type]
         commands: list[tuple[CommandArg, ...]] = [("SADD", self.hosts_key, self.host_id)]
         commands.extend(("LMOVE", queue, in_flight, "RIGHT", "LEFT") for _ in range(count))
-        replies = _raise_errors(await self._connection.execute_many(commands))
-        return [reply.decode() for reply in replies[1:] if reply is not None]
+        registered, *moves = await self._connection.execute_many(commands)
+        registered = await self._resend_if_loading(registered)
+        # An LMOVE that met LOADING moved nothing; those after the end of
+        # loading did move their ids, so these are returned, fewer than count.
+        moved = [reply for reply in moves if not isinstance(reply, LoadingError)]
+        _raise_errors([registered, *moved])
+        return [reply.decode() for reply in moved if reply is not None]
 
     async def ack_work(self, id: str, queue_type: QueueType) -> bool:
         """Mark the work for `id` done: remove one copy from the in-flight list.
@@ -358,6 +369,16 @@ class ReliableQueueProvider(ValkeyQueueProvider):
         if reply is NO_CONNECTION:
             reply = await self._connection.execute("LMOVE", queue, in_flight, "RIGHT", "LEFT")
         return _decode_id(reply)
+
+    async def _resend_if_loading(self, registered: Any) -> Any:
+        """Return the reply of this host's SADD, sent again alone if it met LOADING.
+
+        The wire resends a batch only when every command in it met LOADING,
+        so an SADD rejected while the LMOVEs after it ran comes here.
+        """
+        if isinstance(registered, LoadingError):
+            return await self._connection.execute("SADD", self.hosts_key, self.host_id)
+        return registered
 
     async def _run_script(
         self, sha: str, keys: Sequence[str], arguments: Sequence[CommandArg]
