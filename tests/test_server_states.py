@@ -205,9 +205,9 @@ async def test_reliable_dequeue_during_loading_waits(
 async def test_reliable_dequeue_straddling_loading_end(
     slow_loading_server: EmbeddedValkey, prefix: str
 ) -> None:
-    # dequeue_work sends SADD and LMOVE in one batch. The proxy lets the SADD
-    # through during loading and holds the LMOVE until loading has ended, so
-    # the SADD meets LOADING and the LMOVE runs.
+    # dequeue_work sends SADD and LMOVE in one batch. The proxy passes the
+    # SADD on during loading and keeps the LMOVE back until loading has
+    # ended, so the SADD meets LOADING and the LMOVE runs.
     proxy = HoldingProxy(slow_loading_server.port, b"*5\r\n$5\r\nLMOVE")
     await proxy.start()
     try:

@@ -239,8 +239,9 @@ class ReliableQueueProvider(ValkeyQueueProvider):
         registered, moved = await self._connection.execute_many(
             [("SADD", self.hosts_key, self.host_id), move]
         )
-        # When loading ends between the two commands, one met LOADING and did
-        # not run; it is sent again alone, and the connection waits out the load.
+        # Loading can end between the two commands. Then one of them met
+        # LOADING and did not run, so it is sent again alone, and the
+        # connection waits until the load ends.
         if isinstance(moved, LoadingError):
             moved = await self._connection.execute(*move)
         registered = await self._resend_if_loading(registered)
