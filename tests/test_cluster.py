@@ -127,9 +127,14 @@ def owner_now(cluster: Cluster, slot: int) -> ServerProcess:
 
 def prefix_with_key_on(cluster: Cluster, node: ServerProcess, queue_type: QueueType) -> str:
     """Return a fresh prefix whose queue key of `queue_type` hashes to a slot `node` owns."""
+    return prefix_with_suffix_on(cluster, node, f":queue:{queue_type.value}")
+
+
+def prefix_with_suffix_on(cluster: Cluster, node: ServerProcess, suffix: str) -> str:
+    """Return a fresh prefix whose key `prefix + suffix` hashes to a slot `node` owns."""
     for _ in range(10_000):
         prefix = f"test-{uuid.uuid4().hex[:12]}"
-        if owner_now(cluster, key_slot(f"{prefix}:queue:{queue_type.value}")) is node:
+        if owner_now(cluster, key_slot(prefix + suffix)) is node:
             return prefix
     raise AssertionError("no prefix found in 10000 tries")
 
@@ -507,18 +512,9 @@ async def test_ask_reaches_the_importing_node(cluster: Cluster) -> None:
             assert client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
 
 
-def prefix_with_lock_on(cluster: Cluster, node: ServerProcess, resource: str) -> str:
-    """Return a fresh prefix whose lock key for `resource` hashes to a slot `node` owns."""
-    for _ in range(10_000):
-        prefix = f"test-{uuid.uuid4().hex[:12]}"
-        if owner_now(cluster, key_slot(f"{prefix}:lock:{resource}")) is node:
-            return prefix
-    raise AssertionError("no prefix found in 10000 tries")
-
-
 async def test_release_during_ask_after_script_flush(cluster: Cluster) -> None:
     source, target = cluster.primaries[0], cluster.primaries[1]
-    prefix = prefix_with_lock_on(cluster, source, "wf-1")
+    prefix = prefix_with_suffix_on(cluster, source, ":lock:wf-1")
     key = f"{prefix}:lock:wf-1"
     slot = key_slot(key)
 
@@ -541,7 +537,7 @@ async def test_release_during_ask_after_script_flush(cluster: Cluster) -> None:
 
 async def test_release_during_ask_on_caller_connection(cluster: Cluster) -> None:
     source, target = cluster.primaries[1], cluster.primaries[2]
-    prefix = prefix_with_lock_on(cluster, source, "wf-1")
+    prefix = prefix_with_suffix_on(cluster, source, ":lock:wf-1")
     key = f"{prefix}:lock:wf-1"
     slot = key_slot(key)
     # Empty every script cache, as on a cluster that never ran the release script.

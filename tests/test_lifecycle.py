@@ -140,7 +140,7 @@ async def test_publish_raises_the_server_error(
     assert "publish" in str(raised.value)
     assert await publisher._connection.execute("PING") == b"PONG"
     await publisher.close()
-    # The second PUBLISH failed too. Once the traceback that holds its
+    # The second PUBLISH failed too. Once the traceback that keeps its
     # future is gone, asyncio logs its error unless the error was retrieved.
     del raised
     gc.collect()

@@ -194,12 +194,12 @@ async def test_reliable_dequeue_during_loading_waits(
 
     await asyncio.to_thread(reload.start_and_wait_for_loading)
     try:
-        taken = await queues.dequeue_work(QueueType.WORKFLOW)
+        dequeued_id = await queues.dequeue_work(QueueType.WORKFLOW)
     finally:
         await asyncio.to_thread(reload.join)
         await queues.close()
 
-    assert taken == "id-1"
+    assert dequeued_id == "id-1"
 
 
 async def test_reliable_dequeue_straddling_loading_end(
@@ -220,7 +220,7 @@ async def test_reliable_dequeue_straddling_loading_end(
         await asyncio.wait_for(proxy.holding.wait(), 5)
         await asyncio.to_thread(reload.join)
         proxy.release()
-        taken = await dequeue
+        dequeued_id = await dequeue
 
         in_flight = await queues.in_flight(QueueType.WORKFLOW)
         with valkey.Valkey(port=slow_loading_server.port) as checker:
@@ -229,7 +229,7 @@ async def test_reliable_dequeue_straddling_loading_end(
     finally:
         await proxy.close()
 
-    assert taken == "work-1"
+    assert dequeued_id == "work-1"
     assert in_flight == ["work-1"]
     assert hosts == {queues.host_id.encode()}
 

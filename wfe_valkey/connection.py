@@ -650,11 +650,7 @@ class Connection:
         Raises `ValueError` at once, before anything is sent, when an
         argument cannot be encoded.
         """
-        payload = encode_command(args)
-        wire = self._wire
-        if wire is not None and wire.writable and self.state is READY:
-            return wire.send(payload)
-        return self._send_when_ready([payload], single=True)
+        return self.execute_encoded(encode_command(args), None)
 
     def execute_encoded(self, payload: bytes, key: bytes | None) -> Awaitable[Any]:
         """Send one command already encoded as RESP; await its reply as from `execute`.
